@@ -1,0 +1,186 @@
+"""Pure addressing functions shared by the Cache and RAM tiers.
+
+Named dimensions: B batch, N memory slots (N in the DNC paper), W word width (W), h a
+number of heads (R read heads or H write heads). Equations follow Graves et al. 2016,
+"Hybrid computing using a neural network with dynamic external memory" (the DNC paper).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Keeps norms and products away from zero so that no division or gradient is infinite.
+EPSILON = 1e-6
+
+
+def oneplus(x: Tensor) -> Tensor:
+    """``1 + softplus(x)``: maps reals to [1, inf), used for key strengths (beta)."""
+    return 1.0 + F.softplus(x)
+
+
+def safe_norm(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
+    """Euclidean norm ``sqrt(sum(x^2) + EPSILON)``, finite with a finite gradient at 0."""
+    return torch.sqrt(torch.sum(x * x, dim=dim, keepdim=keepdim) + EPSILON)
+
+
+def cosine_similarity(memory: Tensor, keys: Tensor) -> Tensor:
+    """Cosine similarity D(k, M[i]) of each key with each memory row.
+
+    Args:
+        memory: (B, N, W).
+        keys: (B, h, W).
+
+    Returns:
+        (B, h, N); 0 where the key or the row is zero.
+    """
+    dot = torch.einsum("bhw,bnw->bhn", keys, memory)  # (B, h, N)
+    norms = safe_norm(keys).unsqueeze(-1) * safe_norm(memory).unsqueeze(-2)  # (B, h, N)
+    return dot / (norms + EPSILON)
+
+
+def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor) -> Tensor:
+    """Content addressing C(M, k, beta) = softmax_i(beta * D(k, M[i])).
+
+    Args:
+        memory: (B, N, W).
+        keys: (B, h, W).
+        strengths: (B, h), beta >= 1 (see ``oneplus``); larger is sharper.
+
+    Returns:
+        (B, h, N), each row a probability distribution over slots.
+    """
+    similarity = cosine_similarity(memory, keys)  # (B, h, N)
+    return torch.softmax(strengths.unsqueeze(-1) * similarity, dim=-1)
+
+
+def erase_and_write(
+    memory: Tensor, write_weights: Tensor, erase: Tensor, add: Tensor
+) -> tuple[Tensor, Tensor]:
+    """M_t = M_{t-1} * prod_h(1 - w_h e_h^T) + sum_h w_h a_h^T.
+
+    Args:
+        memory: (B, N, W) the previous memory M_{t-1}.
+        write_weights: (B, H, N) write weights w_h, each summing to at most 1.
+        erase: (B, H, W) erase vectors e_h in [0, 1].
+        add: (B, H, W) write vectors a_h.
+
+    Returns:
+        The new memory (B, N, W) and the amount of stored content erased (B,):
+        ``sum |M_{t-1} * (1 - prod_h(1 - w_h e_h^T))|``, the ``rewrite`` statistic.
+    """
+    keep = torch.prod(1.0 - write_weights.unsqueeze(-1) * erase.unsqueeze(-2), dim=1)  # (B,N,W)
+    written = torch.einsum("bhn,bhw->bnw", write_weights, add)  # (B, N, W)
+    erased = (memory * (1.0 - keep)).abs().sum(dim=(-2, -1))  # (B,)
+    return memory * keep + written, erased
+
+
+def read_words(memory: Tensor, read_weights: Tensor) -> Tensor:
+    """r_i = M^T w^r_i: the words read by each head.
+
+    Args:
+        memory: (B, N, W).
+        read_weights: (B, R, N).
+
+    Returns:
+        (B, R, W).
+    """
+    return torch.einsum("brn,bnw->brw", read_weights, memory)
+
+
+def retention(prev_read_weights: Tensor, free_gates: Tensor) -> Tensor:
+    """psi_t = prod_i(1 - f_i w^r_{t-1,i}): how much of each slot the reads did not free.
+
+    Args:
+        prev_read_weights: (B, R, N).
+        free_gates: (B, R) in [0, 1].
+
+    Returns:
+        (B, N) in [0, 1].
+    """
+    return torch.prod(1.0 - free_gates.unsqueeze(-1) * prev_read_weights, dim=1)
+
+
+def update_usage(
+    prev_usage: Tensor,
+    prev_write_weights: Tensor,
+    prev_read_weights: Tensor,
+    free_gates: Tensor,
+) -> Tensor:
+    """u_t = (u_{t-1} + w - u_{t-1} * w) * psi_t, with w = 1 - prod_h(1 - w^w_{t-1,h}).
+
+    Args:
+        prev_usage: (B, N) in [0, 1].
+        prev_write_weights: (B, H, N), the last write's weights.
+        prev_read_weights: (B, R, N).
+        free_gates: (B, R) in [0, 1].
+
+    Returns:
+        (B, N) in [0, 1].
+    """
+    written = 1.0 - torch.prod(1.0 - prev_write_weights, dim=1)  # (B, N)
+    usage = prev_usage + written - prev_usage * written
+    return usage * retention(prev_read_weights, free_gates)
+
+
+def allocation_weights(usage: Tensor) -> Tensor:
+    """Sort-based allocation a_t[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i].
+
+    phi sorts the slots by usage in ascending order, so the least used slot gets the most
+    weight. Usage is first squashed to [EPSILON, 1] so the products never vanish exactly.
+
+    Args:
+        usage: (B, N) in [0, 1].
+
+    Returns:
+        (B, N), non-negative, summing to at most 1.
+    """
+    usage = EPSILON + (1.0 - EPSILON) * usage
+    sorted_usage, order = torch.sort(usage, dim=-1)  # (B, N) each, ascending
+    # Exclusive cumulative product prod_{i<j}: the inclusive one shifted right by one.
+    prod_before = torch.cat(
+        [torch.ones_like(sorted_usage[..., :1]), torch.cumprod(sorted_usage, dim=-1)[..., :-1]],
+        dim=-1,
+    )
+    sorted_allocation = (1.0 - sorted_usage) * prod_before  # (B, N)
+    return torch.zeros_like(usage).scatter(-1, order, sorted_allocation)
+
+
+def write_allocation_weights(usage: Tensor, write_gates: Tensor) -> Tensor:
+    """Allocation weights for several write heads, each taking a different free slot.
+
+    After head h allocates, usage rises where it will write, so head h + 1 prefers another
+    slot: u <- u + (1 - u) * g_h * a_h.
+
+    Args:
+        usage: (B, N) in [0, 1].
+        write_gates: (B, H), the product of each head's write and allocation gates.
+
+    Returns:
+        (B, H, N).
+    """
+    allocations = []
+    for head in range(write_gates.shape[1]):
+        allocation = allocation_weights(usage)  # (B, N)
+        allocations.append(allocation)
+        usage = usage + (1.0 - usage) * write_gates[:, head : head + 1] * allocation
+    return torch.stack(allocations, dim=1)
+
+
+def write_weights(
+    allocation: Tensor, content: Tensor, allocation_gates: Tensor, write_gates: Tensor
+) -> Tensor:
+    """w^w = g^w (g^a a + (1 - g^a) c^w).
+
+    Args:
+        allocation: (B, H, N) allocation weights a.
+        content: (B, H, N) content weights c^w of the write keys.
+        allocation_gates: (B, H) g^a in [0, 1].
+        write_gates: (B, H) g^w in [0, 1].
+
+    Returns:
+        (B, H, N).
+    """
+    ga = allocation_gates.unsqueeze(-1)
+    return write_gates.unsqueeze(-1) * (ga * allocation + (1.0 - ga) * content)

@@ -1,0 +1,203 @@
+"""Cache: a small, dense, content-addressable memory (NTM-style content + usage write).
+
+Every step, one write head either refreshes the slot its key matches or overwrites the
+least recently used slot (an allocation gate mixes the two), then each read head attends
+over all slots by content. Usage is a decaying record of recent access, so the slot
+overwritten is the one touched least recently. Cost per step O(B (R + 1) N W).
+
+Named dimensions: B batch, N slots, W width, R read heads.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from tiered.tier import Tier, TierOutput, TierStats, blend, write_ticks
+from tiered.tiers import addressing
+from tiered.validation import check_positive_int, check_unit_interval
+
+
+class CacheState(NamedTuple):
+    """Per-sequence state of the cache.
+
+    Attributes:
+        memory: (B, N, W).
+        usage: (B, N) in [0, 1], how recently each slot was read or written.
+        read_weights: (B, R, N), the last read weights (kept for diagnostics).
+        clock: (B,) steps taken, an integer tensor.
+    """
+
+    memory: Tensor
+    usage: Tensor
+    read_weights: Tensor
+    clock: Tensor
+
+
+class CacheInterface(NamedTuple):
+    """The cache's slice of the interface vector, split and squashed.
+
+    Attributes:
+        read_keys: (B, R, W).
+        read_strengths: (B, R), >= 1.
+        write_key: (B, 1, W).
+        write_strength: (B, 1), >= 1.
+        erase: (B, 1, W) in [0, 1].
+        add: (B, 1, W).
+        allocation_gate: (B, 1) in [0, 1]: 1 overwrites the least used slot, 0 the match.
+        write_gate: (B, 1) in [0, 1].
+    """
+
+    read_keys: Tensor
+    read_strengths: Tensor
+    write_key: Tensor
+    write_strength: Tensor
+    erase: Tensor
+    add: Tensor
+    allocation_gate: Tensor
+    write_gate: Tensor
+
+
+def cache_interface_size(width: int, read_heads: int) -> int:
+    """R (W + 1) + 3W + 3 features: see ``parse_cache_interface``."""
+    return read_heads * (width + 1) + 3 * width + 3
+
+
+def parse_cache_interface(interface: Tensor, width: int, read_heads: int) -> CacheInterface:
+    """Split (B, cache_interface_size) into ``CacheInterface``.
+
+    Layout: R read keys (W each), R read strengths, the write key (W), write strength,
+    erase (W), add (W), allocation gate, write gate.
+    """
+    B, W, R = interface.shape[0], width, read_heads
+    parts = torch.split(interface, [R * W, R, W, 1, W, W, 1, 1], dim=-1)
+    return CacheInterface(
+        read_keys=parts[0].reshape(B, R, W),
+        read_strengths=addressing.oneplus(parts[1]),
+        write_key=parts[2].reshape(B, 1, W),
+        write_strength=addressing.oneplus(parts[3]),
+        erase=torch.sigmoid(parts[4]).reshape(B, 1, W),
+        add=parts[5].reshape(B, 1, W),
+        allocation_gate=torch.sigmoid(parts[6]),
+        write_gate=torch.sigmoid(parts[7]),
+    )
+
+
+def update_recency(
+    prev_usage: Tensor, write_weights: Tensor, read_weights: Tensor, decay: float
+) -> Tensor:
+    """u_t = gamma (u_{t-1} + a - u_{t-1} a), a = 1 - prod over heads of (1 - w).
+
+    ``a`` is the degree to which each slot was accessed (read or written) this step.
+
+    Args:
+        prev_usage: (B, N) in [0, 1].
+        write_weights: (B, 1, N).
+        read_weights: (B, R, N).
+        decay: gamma in [0, 1].
+
+    Returns:
+        (B, N) in [0, 1].
+    """
+    weights = torch.cat([write_weights, read_weights], dim=1)  # (B, 1 + R, N)
+    accessed = 1.0 - torch.prod(1.0 - weights, dim=1)  # (B, N)
+    return decay * (prev_usage + accessed - prev_usage * accessed)
+
+
+class Cache(Tier):
+    """A small fast memory with dense soft attention over all slots.
+
+    Args:
+        slots: number of slots N (8 to 256 is the intended range).
+        width: width W of each slot.
+        read_heads: number of read heads R.
+        usage_decay: gamma, how much of a slot's usage survives each step; lower forgets
+            access sooner.
+        rewrite_penalty: lambda, the weight of the erased content in the loss.
+        period: the cache writes only on every ``period``-th step; reads every step.
+        name: the tier's name in logs; defaults to ``"cache"``.
+    """
+
+    def __init__(
+        self,
+        slots: int,
+        width: int,
+        read_heads: int = 1,
+        usage_decay: float = 0.9,
+        rewrite_penalty: float = 0.0,
+        period: int = 1,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(rewrite_penalty=rewrite_penalty, period=period, name=name)
+        self.slots = check_positive_int("Cache", "slots", slots)
+        self.width = check_positive_int("Cache", "width", width)
+        self.read_heads = check_positive_int("Cache", "read_heads", read_heads)
+        self.usage_decay = check_unit_interval("Cache", "usage_decay", usage_decay)
+
+    @property
+    def interface_size(self) -> int:
+        return cache_interface_size(self.width, self.read_heads)
+
+    @property
+    def read_size(self) -> int:
+        return self.read_heads * self.width
+
+    def initial_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> CacheState:
+        B = check_positive_int("Cache", "batch_size", batch_size)
+        return CacheState(
+            memory=torch.zeros(B, self.slots, self.width, device=device, dtype=dtype),
+            usage=torch.zeros(B, self.slots, device=device, dtype=dtype),
+            read_weights=torch.zeros(B, self.read_heads, self.slots, device=device, dtype=dtype),
+            clock=torch.zeros(B, device=device, dtype=torch.long),
+        )
+
+    def forward(self, interface: Tensor, state: CacheState) -> TierOutput:
+        """One step: write (on ticks), then read.
+
+        Args:
+            interface: (B, interface_size).
+            state: the previous ``CacheState``.
+
+        Returns:
+            ``TierOutput`` with the read words (B, R * W), the next state and stats.
+        """
+        self.check_interface(interface)
+        p = parse_cache_interface(interface, self.width, self.read_heads)
+        tick = write_ticks(state.clock, self.period)  # (B,)
+
+        allocation = addressing.allocation_weights(state.usage).unsqueeze(1)  # (B, 1, N)
+        content = addressing.content_weights(state.memory, p.write_key, p.write_strength)
+        write_weights = addressing.write_weights(
+            allocation, content, p.allocation_gate, p.write_gate
+        )  # (B, 1, N)
+        write_weights = write_weights * tick.to(write_weights.dtype)[:, None, None]
+        memory, erased = addressing.erase_and_write(state.memory, write_weights, p.erase, p.add)
+        if self.period > 1:
+            memory = blend(tick, memory, state.memory)
+
+        read_weights = addressing.content_weights(memory, p.read_keys, p.read_strengths)
+        words = addressing.read_words(memory, read_weights)  # (B, R, W)
+        usage = update_recency(state.usage, write_weights, read_weights, self.usage_decay)
+
+        B = interface.shape[0]
+        stats = TierStats(
+            rewrite=erased,
+            reads=interface.new_full((B,), float(self.read_heads)).detach(),
+            writes=tick.to(interface.dtype).detach(),
+            slots_in_use=usage.sum(dim=-1).detach(),
+        )
+        next_state = CacheState(memory, usage, read_weights, state.clock + 1)
+        return TierOutput(words.reshape(B, -1), next_state, stats)
+
+    def extra_repr(self) -> str:
+        return (
+            f"slots={self.slots}, width={self.width}, read_heads={self.read_heads}, "
+            f"usage_decay={self.usage_decay}, " + super().extra_repr()
+        )
