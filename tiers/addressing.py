@@ -137,7 +137,7 @@ def allocation_weights(usage: Tensor) -> Tensor:
         (B, N), non-negative, summing to at most 1.
     """
     usage = EPSILON + (1.0 - EPSILON) * usage
-    sorted_usage, order = torch.sort(usage, dim=-1)  # (B, N) each, ascending
+    sorted_usage, order = torch.sort(usage, dim=-1, stable=True)  # (B, N), ties: lowest index
     # Exclusive cumulative product prod_{i<j}: the inclusive one shifted right by one.
     prod_before = torch.cat(
         [torch.ones_like(sorted_usage[..., :1]), torch.cumprod(sorted_usage, dim=-1)[..., :-1]],

@@ -2,8 +2,11 @@
 
 Every step, one write head either refreshes the slot its key matches or overwrites the
 least recently used slot (an allocation gate mixes the two), then each read head attends
-over all slots by content. Usage is a decaying record of recent access, so the slot
-overwritten is the one touched least recently. Cost per step O(B (R + 1) N W).
+over all slots by content. Usage is a decaying record of recent access; the slot to
+overwrite is chosen hard, as the argmin of usage, like the least-recently-used access of
+Santoro et al. 2016 ("One-shot learning with memory-augmented neural networks"): gradients
+flow through the gates, keys and contents, not through the choice. Cost per step
+O(B (R + 1) N W).
 
 Named dimensions: B batch, N slots, W width, R read heads.
 """
@@ -85,6 +88,19 @@ def parse_cache_interface(interface: Tensor, width: int, read_heads: int) -> Cac
     )
 
 
+def least_used_weights(usage: Tensor) -> Tensor:
+    """One-hot weights on the least used slot (the first one on ties).
+
+    Args:
+        usage: (B, N).
+
+    Returns:
+        (B, N), 1 at argmin(usage), 0 elsewhere; carries no gradient.
+    """
+    index = usage.detach().argmin(dim=-1, keepdim=True)  # (B, 1)
+    return torch.zeros_like(usage).scatter(-1, index, 1.0).detach()
+
+
 def update_recency(
     prev_usage: Tensor, write_weights: Tensor, read_weights: Tensor, decay: float
 ) -> Tensor:
@@ -113,8 +129,8 @@ class Cache(Tier):
         slots: number of slots N (8 to 256 is the intended range).
         width: width W of each slot.
         read_heads: number of read heads R.
-        usage_decay: gamma, how much of a slot's usage survives each step; lower forgets
-            access sooner.
+        usage_decay: gamma in [0, 1), how much of a slot's usage survives each step; lower
+            forgets access sooner.
         rewrite_penalty: lambda, the weight of the erased content in the loss.
         period: the cache writes only on every ``period``-th step; reads every step.
         name: the tier's name in logs; defaults to ``"cache"``.
@@ -135,6 +151,11 @@ class Cache(Tier):
         self.width = check_positive_int("Cache", "width", width)
         self.read_heads = check_positive_int("Cache", "read_heads", read_heads)
         self.usage_decay = check_unit_interval("Cache", "usage_decay", usage_decay)
+        if self.usage_decay == 1.0:
+            raise ValueError(
+                "Cache: usage_decay must lie in [0, 1): at 1 usage saturates and the cache "
+                "can no longer tell which slot was used least recently, got 1.0"
+            )
 
     @property
     def interface_size(self) -> int:
@@ -172,7 +193,7 @@ class Cache(Tier):
         p = parse_cache_interface(interface, self.width, self.read_heads)
         tick = write_ticks(state.clock, self.period)  # (B,)
 
-        allocation = addressing.allocation_weights(state.usage).unsqueeze(1)  # (B, 1, N)
+        allocation = least_used_weights(state.usage).unsqueeze(1)  # (B, 1, N)
         content = addressing.content_weights(state.memory, p.write_key, p.write_strength)
         write_weights = addressing.write_weights(
             allocation, content, p.allocation_gate, p.write_gate

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tiered.tier import Tier, TierOutput, TierStats, blend, write_ticks
+from tiered.tier import Tier, TierOutput, TierStats, write_ticks
 from tiered.tiers import addressing, linkage
 from tiered.validation import check_positive_int
 
@@ -25,7 +25,7 @@ class RAMState(NamedTuple):
     Attributes:
         memory: (B, N, W) the memory matrix M.
         read_weights: (B, R, N) the last read weights w^r.
-        write_weights: (B, H, N) the last write's weights w^w.
+        write_weights: (B, H, N) this step's write weights w^w (zero off the tier's ticks).
         precedence: (B, H, N) precedence p of each write head.
         link: (B, H, N, N) temporal link matrix L of each write head.
         usage: (B, N) usage u in [0, 1].
@@ -134,7 +134,8 @@ class RAM(Tier):
         read_heads: number of read heads, R in the DNC paper.
         write_heads: number of write heads, each with its own link matrix.
         rewrite_penalty: lambda, the weight of the erased content in the loss.
-        period: the RAM writes only on every ``period``-th step; reads are served every step.
+        period: the RAM writes only on every ``period``-th step; reads are served, and free
+            gates release slots, every step.
         name: the tier's name in logs; defaults to ``"ram"``.
     """
 
@@ -204,19 +205,14 @@ class RAM(Tier):
         write_weights = addressing.write_weights(
             allocation, write_content, p.allocation_gates, p.write_gates
         )  # (B, H, N)
+        # Off ticks the write weights are zero, so memory, links and precedence are carried
+        # exactly (x * 1 + 0); usage still follows the free gates every step.
         write_weights = write_weights * tick.to(write_weights.dtype)[:, None, None]
         memory, erased = addressing.erase_and_write(
             state.memory, write_weights, p.erase, p.write_vectors
         )
         link = linkage.update_link(state.link, state.precedence, write_weights)
         precedence = linkage.update_precedence(state.precedence, write_weights)
-        if self.period > 1:  # off ticks the whole write path keeps its previous state
-            usage = blend(tick, usage, state.usage)
-            write_weights = blend(tick, write_weights, state.write_weights)
-            memory = blend(tick, memory, state.memory)
-            link = blend(tick, link, state.link)
-            precedence = blend(tick, precedence, state.precedence)
-
         # Read: content on the new memory, forward/backward along the links.
         read_content = addressing.content_weights(memory, p.read_keys, p.read_strengths)
         forward = linkage.directional_read_weights(link, state.read_weights, forward=True)

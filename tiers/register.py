@@ -48,7 +48,9 @@ class Register(Tier):
         input_size: features per step, I; None lets the owning controller set it.
         rewrite_penalty: lambda, the weight of the squared state change in the loss.
         period: the state updates only on every ``period``-th step (a clockwork RNN);
-            the last hidden state is served every step.
+            the last hidden state is served every step. The register reads its input only
+            on its ticks, and in a controller the input reaches the tiers and the output
+            only through the register, so inputs between ticks are not seen at all.
         name: the tier's name in logs; defaults to ``"register"``.
     """
 

@@ -1,0 +1,64 @@
+"""The tier contract: ticks, blending, names, abstractness, validation messages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiered import Tier, detach_state, map_state
+from tiered.tier import blend, write_ticks
+from tiered.tiers import RAM, Cache, RAMState, Register
+from tiered.validation import check_non_negative_float, check_positive_int
+
+
+def test_write_ticks_fire_every_period_steps():
+    clock = torch.arange(10)
+    assert write_ticks(clock, 3).nonzero().flatten().tolist() == [0, 3, 6, 9]
+    assert write_ticks(clock, 1).all()
+
+
+def test_blend_picks_new_where_ticking():
+    tick = torch.tensor([True, False])
+    new, old = torch.ones(2, 3, 4), torch.zeros(2, 3, 4)
+    out = blend(tick, new, old)
+    assert out[0].eq(1).all() and out[1].eq(0).all()
+
+
+def test_the_tier_base_is_abstract():
+    with pytest.raises(TypeError):
+        Tier()  # type: ignore[abstract]
+
+
+def test_names_default_to_the_class_name_in_lower_case():
+    assert RAM(4, 4).name == "ram" and Cache(4, 4).name == "cache"
+    assert Register(4).name == "register" and RAM(4, 4, name="big-ram").name == "big-ram"
+
+
+@pytest.mark.parametrize("tier", [RAM(5, 3, 2, 1), Cache(5, 3, 2), Register(6, input_size=4)])
+def test_every_tier_honours_the_contract(tier):
+    state = tier.initial_state(3, device="cpu", dtype=torch.float64)
+    assert hasattr(type(state), "_fields")  # a NamedTuple
+    assert state.clock.dtype == torch.long and state.clock.shape == (3,)
+    tier = tier.double()
+    read, next_state, stats = tier(torch.randn(3, tier.interface_size, dtype=torch.float64), state)
+    assert read.shape == (3, tier.read_size)
+    assert type(next_state) is type(state)
+    assert torch.equal(next_state.clock, state.clock + 1)
+    assert all(field.shape == (3,) for field in stats)
+
+
+def test_map_and_detach_state_keep_nested_types():
+    state = RAM(4, 2, 1, 1).initial_state(2)
+    doubled = map_state(lambda t: t + 1, {"a": (state, [state.memory])})
+    assert isinstance(doubled["a"][0], RAMState)
+    assert torch.equal(doubled["a"][1][0], state.memory + 1)
+    assert detach_state(None) is None
+    with pytest.raises(TypeError, match="cannot map over a str"):
+        map_state(lambda t: t, ("oops",))
+
+
+def test_checks_name_the_owner_the_field_and_the_value():
+    with pytest.raises(TypeError, match="X: n must be a positive integer, got True of type bool"):
+        check_positive_int("X", "n", True)
+    with pytest.raises(ValueError, match="X: p must be a finite number >= 0, got nan"):
+        check_non_negative_float("X", "p", float("nan"))
