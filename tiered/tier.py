@@ -26,8 +26,10 @@ class TierStats(NamedTuple):
             ``rewrite_penalty * rewrite`` can be added to the loss.
         reads: read heads served this step (detached).
         writes: write heads that wrote this step, 0 on steps that are not ticks (detached).
-        slots_in_use: how many slots hold content (detached); for soft memories the sum
-            of usage, i.e. the expected number of occupied slots.
+        slots_in_use: how much of the tier is in use (detached). RAM: the sum of DNC
+            usage, the expected number of allocated slots (a write enters it one step
+            later). Cache: the sum of its decaying recency, the number of recently accessed
+            slots. Register: its number of units.
     """
 
     rewrite: Tensor
@@ -114,12 +116,20 @@ class Tier(nn.Module, abc.ABC):
     def forward(self, interface: Tensor, state: Any) -> TierOutput:
         """One step: ``interface`` (batch, interface_size) and the previous state."""
 
-    def check_interface(self, interface: Tensor) -> None:
-        """Raise a clear error if ``interface`` is not (batch, interface_size)."""
+    def check_interface(self, interface: Tensor, clock: Tensor) -> None:
+        """Raise a clear error unless ``interface`` is (batch, interface_size) and the
+        state's ``clock`` (batch,) has the same batch size."""
         if interface.dim() != 2 or interface.shape[-1] != self.interface_size:
             raise ValueError(
                 f"{type(self).__name__} '{self.name}': interface must have shape "
                 f"(batch, {self.interface_size}), got {tuple(interface.shape)}"
+            )
+        if clock.shape != interface.shape[:1]:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}': the state is for batch size "
+                f"{clock.shape[0] if clock.dim() else clock.shape} but the interface has "
+                f"batch size {interface.shape[0]}; make the state with "
+                f"initial_state({interface.shape[0]})"
             )
 
     def extra_repr(self) -> str:

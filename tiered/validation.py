@@ -52,7 +52,9 @@ def check_choice(owner: str, field: str, value: object, choices: Iterable[str]) 
 
 def check_name(owner: str, value: object) -> str:
     """Return ``value`` if it is a usable tier name (letters, digits, ``_`` and ``-``)."""
-    if not isinstance(value, str) or not _NAME_PATTERN.match(value):
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}: name must be a string, got {value!r}")
+    if not _NAME_PATTERN.match(value):
         raise ValueError(
             f"{owner}: name must be a non-empty string of letters, digits, '_' or '-' "
             f"(it becomes part of logged metric keys), got {value!r}"

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from tiered.tier import Tier, TierOutput, TierStats, blend, write_ticks
 from tiered.tiers import addressing
-from tiered.validation import check_positive_int, check_unit_interval
+from tiered.validation import check_non_negative_float, check_positive_int
 
 
 class CacheState(NamedTuple):
@@ -150,11 +150,11 @@ class Cache(Tier):
         self.slots = check_positive_int("Cache", "slots", slots)
         self.width = check_positive_int("Cache", "width", width)
         self.read_heads = check_positive_int("Cache", "read_heads", read_heads)
-        self.usage_decay = check_unit_interval("Cache", "usage_decay", usage_decay)
-        if self.usage_decay == 1.0:
+        self.usage_decay = check_non_negative_float("Cache", "usage_decay", usage_decay)
+        if self.usage_decay >= 1.0:
             raise ValueError(
-                "Cache: usage_decay must lie in [0, 1): at 1 usage saturates and the cache "
-                "can no longer tell which slot was used least recently, got 1.0"
+                "Cache: usage_decay must lie in [0, 1) (at 1 usage saturates and the cache "
+                f"can no longer tell which slot was used least recently), got {usage_decay}"
             )
 
     @property
@@ -189,7 +189,7 @@ class Cache(Tier):
         Returns:
             ``TierOutput`` with the read words (B, R * W), the next state and stats.
         """
-        self.check_interface(interface)
+        self.check_interface(interface, state.clock)
         p = parse_cache_interface(interface, self.width, self.read_heads)
         tick = write_ticks(state.clock, self.period)  # (B,)
 

@@ -2,7 +2,10 @@
 
 Dense mode (this file): content addressing, usage with free gates and sort-based
 allocation, the temporal link matrix with precedence, and forward/backward reads mixed by
-read modes, with several read and write heads. Cost per step O(B H N^2 + B (R + H) N W).
+read modes, with several read and write heads. Cost per step: time
+O(B (R + 1) H N^2 + B (R + H) N W + B H N log N) (the link update and the forward/backward
+reads, content addressing and the write, one sort per write head); memory O(B H N^2) for
+the links. Off the tier's ticks the write path is still computed, with zero weights.
 
 Named dimensions: B batch, N slots, W width, R read heads, H write heads.
 """
@@ -192,7 +195,7 @@ class RAM(Tier):
         Returns:
             ``TierOutput`` with the read words (B, R * W), the next ``RAMState`` and stats.
         """
-        self.check_interface(interface)
+        self.check_interface(interface, state.clock)
         p = parse_ram_interface(interface, self.width, self.read_heads, self.write_heads)
         tick = write_ticks(state.clock, self.period)  # (B,)
 

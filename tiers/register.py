@@ -126,7 +126,7 @@ class Register(Tier):
         Returns:
             ``TierOutput`` with the top layer's hidden state (B, S), the next state, stats.
         """
-        self.check_interface(interface)
+        self.check_interface(interface, state.clock)
         tick = write_ticks(state.clock, self.period)  # (B,)
         hiddens, cells = [], []
         layer_input = interface

@@ -241,6 +241,14 @@ def test_non_integer_slots_is_a_type_error():
         RAM(2.5, 4)  # type: ignore[arg-type]
 
 
+def test_a_state_for_another_batch_size_is_rejected():
+    ram = RAM(N, W, R, H)
+    with pytest.raises(
+        ValueError, match=r"state is for batch size 1 but the interface has batch size 4"
+    ):
+        ram(torch.zeros(4, ram.interface_size), ram.initial_state(1))
+
+
 def test_interface_of_the_wrong_width_is_rejected():
     ram = RAM(N, W, R, H)
     with pytest.raises(
