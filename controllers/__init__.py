@@ -1,5 +1,6 @@
 """Controllers that compose a Register and memory tiers."""
 
+from tiered.controllers.base import Controller
 from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, TierAux
 
-__all__ = ["ControllerOutput", "ControllerState", "LSTMController", "TierAux"]
+__all__ = ["Controller", "ControllerOutput", "ControllerState", "LSTMController", "TierAux"]

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from tiered.controllers.base import Controller
 from tiered.tier import Tier, TierStats
 from tiered.tiers.register import Register, RegisterState
 from tiered.validation import check_positive_int
@@ -68,7 +69,7 @@ class ControllerOutput(NamedTuple):
     aux: dict[str, TierAux]
 
 
-class LSTMController(nn.Module):
+class LSTMController(Controller):
     """A recurrent controller composing a Register and memory tiers.
 
     Args:

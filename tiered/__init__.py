@@ -4,8 +4,9 @@ A controller composes a Register (its own recurrent state) with memory tiers (a 
 Cache, a large RAM, and later read-only ROM and persistent Disk tiers); every tier has its
 own size, access mechanism, clock (``period``) and rewrite penalty.
 
-Subpackages: ``tiered.tiers`` (Register, Cache, RAM) and ``tiered.controllers``
-(LSTMController).
+Subpackages: ``tiered.tiers`` (Register, Cache, RAM), ``tiered.controllers``
+(LSTMController) and ``tiered.tasks`` (the algorithmic tasks). ``tiered.TieredModule``
+trains a controller with Lightning; ``tiered`` on the command line is its CLI.
 """
 
 from pathlib import Path as _Path
@@ -16,6 +17,16 @@ from tiered.tier import Tier, TierOutput, TierStats
 
 _source_layout.install(_Path(__file__).parent)
 
+from tiered.module import TieredModule  # noqa: E402  (needs the subpackages above)
+
 __version__ = "0.1.0"
 
-__all__ = ["Tier", "TierOutput", "TierStats", "__version__", "detach_state", "map_state"]
+__all__ = [
+    "Tier",
+    "TierOutput",
+    "TierStats",
+    "TieredModule",
+    "__version__",
+    "detach_state",
+    "map_state",
+]

@@ -1,0 +1,94 @@
+"""The ``tiered`` command: a LightningCLI for tier stacks described in YAML.
+
+    tiered fit --config experiments/tasks/copy.yaml --config experiments/stacks/cache_ram.yaml
+    tiered test --config ... --ckpt_path runs/.../checkpoints/last.ckpt
+
+Subcommands fit, validate, test and predict come from Lightning. The model is a
+``TieredModule`` (or a subclass) and the data any ``SequenceTask``, both in subclass mode,
+so YAML chooses them by ``class_path`` and short class names work. The task's input size,
+output size and loss kind are linked into the model, so a config never writes them twice.
+Other subcommands (``tiered sweep``, ``tiered rom``) plug into ``EXTRA_COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import tiered.tasks
+import tiered.tiers  # noqa: F401  (registers the tier classes for short names)
+from tiered.module import TieredModule
+from tiered.tasks.base import SequenceTask
+
+CONTROLLER = "model.init_args.controller.init_args"
+
+# name -> function taking the remaining arguments; later issues add "sweep" and "rom".
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {}
+
+
+class TieredCLI(LightningCLI):
+    """LightningCLI with the task's sizes linked into the controller."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.input_size", f"{CONTROLLER}.input_size", apply_on="instantiate")
+        parser.link_arguments(
+            "data.output_size", f"{CONTROLLER}.output_size", apply_on="instantiate"
+        )
+        parser.link_arguments("data.loss", "model.init_args.loss", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, run test on the best checkpoint and print its table of metrics.",
+        )
+
+    def after_fit(self) -> None:
+        if self.config.get("fit", {}).get("test_after_fit"):
+            ckpt = "best" if self.trainer.checkpoint_callback is not None else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """CSV logs under runs/ (TensorBoard when installed); a rich progress bar if available."""
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        logger = {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": "runs"},
+        }
+    else:
+        logger = {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs"},
+        }
+    defaults: dict[str, Any] = {"logger": logger}
+    if importlib.util.find_spec("rich"):
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        defaults["callbacks"] = [RichProgressBar()]
+    return defaults
+
+
+def main(argv: Sequence[str] | None = None) -> int | None:
+    """Entry point of the ``tiered`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in EXTRA_COMMANDS:
+        return EXTRA_COMMANDS[args[0]](args[1:])
+    TieredCLI(
+        TieredModule,
+        SequenceTask,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""TieredModule: the LightningModule that trains a controller with memory tiers.
+
+The loss is the task loss plus, for every tier, ``rewrite_penalty * rewrite`` averaged
+over batch and time:
+
+    loss = task_loss + sum over tiers of mean_{b, t}(lambda_tier * rewrite_tier[b, t])
+
+``bits`` tasks use binary cross-entropy on logits, averaged over scored steps and bits;
+``tokens`` tasks use cross-entropy averaged over scored steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import MetricCollection
+
+from tiered.controllers.base import Controller
+from tiered.metrics import BitErrorsPerSequence, SequenceExactMatch, TokenAccuracy, bit_errors
+from tiered.state import detach_state
+from tiered.tasks.base import LOSSES, SequenceBatch
+from tiered.validation import check_choice, check_non_negative_float, check_positive_int
+
+
+def masked_loss_sum(logits: Tensor, targets: Tensor, mask: Tensor, loss: str) -> Tensor:
+    """Sum of the per-element loss over scored positions.
+
+    Args:
+        logits: (B, T, O).
+        targets: (B, T, O) bits or (B, T) class indices.
+        mask: (B, T) boolean.
+        loss: "bits" or "tokens".
+
+    Returns:
+        A scalar: summed BCE over scored steps and bits, or summed CE over scored steps.
+    """
+    if loss == "bits":
+        per_bit = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        return (per_bit * mask.unsqueeze(-1)).sum()
+    per_step = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
+    return (per_step * mask).sum()
+
+
+def scored_count(logits: Tensor, mask: Tensor, loss: str) -> Tensor:
+    """How many elements ``masked_loss_sum`` added: scored steps (times bits for bits)."""
+    count = mask.sum()
+    return count * logits.shape[-1] if loss == "bits" else count
+
+
+def _stage_metrics(loss: str, prefix: str) -> MetricCollection:
+    if loss == "bits":
+        metrics = {"bit_errors": BitErrorsPerSequence(), "exact_match": SequenceExactMatch()}
+    else:
+        metrics = {"token_accuracy": TokenAccuracy(), "exact_match": SequenceExactMatch()}
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class TieredModule(L.LightningModule):
+    """Trains a controller composed of memory tiers on a sequence task.
+
+    Args:
+        controller: the controller (``LSTMController``, ...), chosen in YAML by class_path.
+        loss: ``"bits"`` (binary cross-entropy on logits) or ``"tokens"``
+            (cross-entropy); the CLI links it from the task.
+        optimizer: a callable that makes the optimizer from the parameters.
+        scheduler: an optional callable that makes a learning-rate scheduler.
+        gradient_clip_val: clip the gradient norm to this value; None or 0 turns it off.
+            A ``trainer.gradient_clip_val`` given on the Trainer takes precedence.
+        tbptt_steps: truncated backpropagation through time: optimise every this many
+            steps, detaching the state between windows (manual optimisation). None
+            backpropagates through whole sequences.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        loss: str = "bits",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        gradient_clip_val: float | None = 10.0,
+        tbptt_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+        # Built by the CLI, the hyperparameters are the config (class paths included), so
+        # load_from_checkpoint rebuilds everything; built in Python, the controller object
+        # is not a hyperparameter and load_from_checkpoint needs controller=... passed.
+        cli_built = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if cli_built else ["controller"])
+        if not isinstance(controller, Controller):
+            raise TypeError(
+                "TieredModule: controller must be a tiered.controllers.Controller "
+                f"(e.g. LSTMController), got {type(controller).__name__}"
+            )
+        self.controller = controller
+        self.loss_kind = check_choice("TieredModule", "loss", loss, LOSSES)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.gradient_clip_val = (
+            None
+            if gradient_clip_val is None
+            else check_non_negative_float("TieredModule", "gradient_clip_val", gradient_clip_val)
+        )
+        self.tbptt_steps = (
+            None
+            if tbptt_steps is None
+            else check_positive_int("TieredModule", "tbptt_steps", tbptt_steps)
+        )
+        self.automatic_optimization = self.tbptt_steps is None
+        self.val_metrics = _stage_metrics(self.loss_kind, "val/")
+        self.test_metrics = _stage_metrics(self.loss_kind, "test/")
+
+    def forward(self, x: Tensor, state: Any = None) -> Any:
+        """Run the controller: ``x`` (B, T, I) -> ``ControllerOutput``."""
+        return self.controller(x, state)
+
+    # ----------------------------------------------------------------------------- steps
+    def _losses(self, out: Any, batch: SequenceBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Task loss sum, scored count and the per-tier mean penalties of one window."""
+        total = masked_loss_sum(out.output, batch.targets, batch.mask, self.loss_kind)
+        count = scored_count(out.output, batch.mask, self.loss_kind)
+        penalties = {name: aux.penalty.mean() for name, aux in out.aux.items()}
+        return total, count, penalties
+
+    def _log_tiers(self, stage: str, aux: dict[str, Any], penalties: dict[str, Tensor]) -> None:
+        on_step = stage == "train"
+        B = next(iter(aux.values())).rewrite.shape[0]
+        values = {}
+        for name, record in aux.items():
+            values[f"{stage}/penalty/{name}"] = penalties[name].detach()
+            values[f"{stage}/rewrite/{name}"] = record.rewrite.detach().mean()
+            values[f"{stage}/reads/{name}"] = record.reads.mean()
+            values[f"{stage}/writes/{name}"] = record.writes.mean()
+            values[f"{stage}/slots_in_use/{name}"] = record.slots_in_use.mean()
+        self.log_dict(
+            values, on_step=on_step, on_epoch=not on_step, batch_size=B, sync_dist=not on_step
+        )
+
+    def _step(self, batch: SequenceBatch, stage: str) -> Tensor:
+        out = self.controller(batch.inputs)
+        total, count, penalties = self._losses(out, batch)
+        task_loss = total / count.clamp_min(1)
+        loss = task_loss + sum(penalties.values())
+        self._log_losses(stage, loss, task_loss, batch)
+        self._log_tiers(stage, out.aux, penalties)
+        if stage == "train":
+            if self.loss_kind == "bits":
+                errors = bit_errors(out.output.detach(), batch.targets, batch.mask).mean()
+                self.log("train/bit_errors", errors, batch_size=batch.inputs.shape[0])
+        else:
+            metrics = self.val_metrics if stage == "val" else self.test_metrics
+            metrics.update(out.output.detach(), batch.targets, batch.mask)
+            self.log_dict(metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _log_losses(
+        self, stage: str, loss: Tensor, task_loss: Tensor, batch: SequenceBatch
+    ) -> None:
+        on_step = stage == "train"
+        self.log_dict(
+            {f"{stage}/loss": loss.detach(), f"{stage}/task_loss": task_loss.detach()},
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=True,
+            batch_size=batch.inputs.shape[0],
+            sync_dist=not on_step,
+        )
+
+    def training_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor | None:
+        if self.tbptt_steps is None:
+            return self._step(batch, "train")
+        return self._tbptt_step(batch)
+
+    def _tbptt_step(self, batch: SequenceBatch) -> None:
+        """Optimise every ``tbptt_steps`` steps; the state is detached between windows."""
+        optimizer = self.optimizers()
+        state, sums, counts, last = None, [], [], None
+        T = batch.inputs.shape[1]
+        for start in range(0, T, self.tbptt_steps):
+            window = SequenceBatch(*(t[:, start : start + self.tbptt_steps] for t in batch))
+            out = self.controller(window.inputs, state)
+            total, count, penalties = self._losses(out, window)
+            # Each window's task loss is its share of the whole sequence's mean loss.
+            whole_count = scored_count(out.output, batch.mask, self.loss_kind).clamp_min(1)
+            steps_share = window.inputs.shape[1] / T
+            loss = total / whole_count + steps_share * sum(penalties.values())
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if self.gradient_clip_val:
+                self.clip_gradients(optimizer, self.gradient_clip_val, "norm")
+            optimizer.step()
+            state = detach_state(out.state)
+            sums.append(total.detach())
+            counts.append(count)
+            last = (out, penalties)
+        task_loss = torch.stack(sums).sum() / torch.stack(counts).sum().clamp_min(1)
+        out, penalties = last  # type: ignore[misc]
+        self._log_losses(
+            "train", task_loss + sum(p.detach() for p in penalties.values()), task_loss, batch
+        )
+        self._log_tiers("train", out.aux, penalties)
+
+    def on_train_epoch_end(self) -> None:
+        if self.tbptt_steps is not None and self.scheduler_factory is not None:
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()  # type: ignore[union-attr]
+
+    def validation_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: SequenceBatch, batch_idx: int) -> dict[str, Tensor]:
+        """Predictions: bit probabilities (B, T, O) or token ids (B, T), with the mask."""
+        logits = self.controller(batch.inputs).output
+        if self.loss_kind == "bits":
+            return {"probabilities": torch.sigmoid(logits), "mask": batch.mask}
+        return {"tokens": logits.argmax(dim=-1), "mask": batch.mask}
+
+    # ------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        value = gradient_clip_val if gradient_clip_val is not None else self.gradient_clip_val
+        if value:
+            self.clip_gradients(optimizer, value, gradient_clip_algorithm or "norm")

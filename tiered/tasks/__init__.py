@@ -1,0 +1,16 @@
+"""Algorithmic tasks as LightningDataModules that generate their data from a seed."""
+
+from tiered.tasks.base import SequenceBatch, SequenceTask
+from tiered.tasks.copy import Copy, RepeatCopy
+from tiered.tasks.graph import ShortestPath
+from tiered.tasks.recall import AssociativeRecall, PrioritySort
+
+__all__ = [
+    "AssociativeRecall",
+    "Copy",
+    "PrioritySort",
+    "RepeatCopy",
+    "SequenceBatch",
+    "SequenceTask",
+    "ShortestPath",
+]

@@ -1,0 +1,139 @@
+"""Shortest path on random graphs, as token sequences (in the spirit of the DNC paper)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from tiered.tasks.base import Example, SequenceTask, check_range
+from tiered.validation import check_non_negative_float
+
+
+def random_graph(rng: np.random.Generator, nodes: int, extra_edges: float) -> list[tuple[int, int]]:
+    """A connected undirected graph on nodes 0..n-1: a random tree plus extra edges.
+
+    Returns:
+        The edge list, each edge (u, v) with u < v, no duplicates, no self-loops.
+    """
+    edges = {tuple(sorted((i, int(rng.integers(0, i))))) for i in range(1, nodes)}
+    target = len(edges) + round(extra_edges * nodes)
+    possible = nodes * (nodes - 1) // 2
+    while len(edges) < min(target, possible):
+        u, v = (int(x) for x in rng.choice(nodes, size=2, replace=False))
+        edges.add((min(u, v), max(u, v)))
+    return sorted(edges)  # type: ignore[arg-type]
+
+
+def shortest_paths_from(start: int, nodes: int, edges: list[tuple[int, int]]):
+    """Breadth-first search: (distance, number of shortest paths, a parent) per node."""
+    neighbours: list[list[int]] = [[] for _ in range(nodes)]
+    for u, v in edges:
+        neighbours[u].append(v)
+        neighbours[v].append(u)
+    distance = [-1] * nodes
+    count = [0] * nodes
+    parent = [-1] * nodes
+    distance[start], count[start] = 0, 1
+    queue = deque([start])
+    while queue:
+        u = queue.popleft()
+        for v in sorted(neighbours[u]):
+            if distance[v] == -1:
+                distance[v], parent[v] = distance[u] + 1, u
+                queue.append(v)
+            if distance[v] == distance[u] + 1:
+                count[v] += count[u]
+    return distance, count, parent
+
+
+def shortest_path_example(
+    rng: np.random.Generator, nodes: int, max_nodes: int, extra_edges: float
+) -> Example:
+    """Edges one per step, then a (start, goal) query; output the path, then END.
+
+    Node ids are drawn at random from 0..max_nodes-1, so every id is trained on. The query
+    has a unique shortest path whenever one exists among 20 draws.
+    Inputs (T, 2 max_nodes + 3): an edge step is one-hot(u) on [0, M) and one-hot(v) on
+    [M, 2M) with the edge flag (channel 2M); the query step has start and goal with the
+    query flag (2M + 1); then one answer step (flag 2M + 2) per output token.
+    Targets (T,): node ids along the path from start to goal, then END = max_nodes.
+    """
+    M = max_nodes
+    edges = random_graph(rng, nodes, extra_edges)
+    for _ in range(20):
+        start, goal = (int(x) for x in rng.choice(nodes, size=2, replace=False))
+        distance, count, parent = shortest_paths_from(start, nodes, edges)
+        if count[goal] == 1:
+            break
+    path = [goal]
+    while path[-1] != start:
+        path.append(parent[path[-1]])
+    path.reverse()
+    ids = rng.permutation(M)[:nodes]  # relabel the nodes with random ids
+    order = rng.permutation(len(edges))
+    E, A = len(edges), len(path) + 1
+    T = E + 1 + A
+    inputs = np.zeros((T, 2 * M + 3), dtype=np.float32)
+    for step, e in enumerate(order):
+        u, v = edges[e]
+        if rng.random() < 0.5:
+            u, v = v, u
+        inputs[step, ids[u]] = inputs[step, M + ids[v]] = inputs[step, 2 * M] = 1.0
+    inputs[E, ids[start]] = inputs[E, M + ids[goal]] = inputs[E, 2 * M + 1] = 1.0
+    inputs[E + 1 :, 2 * M + 2] = 1.0
+    targets = np.zeros(T, dtype=np.int64)
+    targets[E + 1 : E + 1 + len(path)] = ids[path]
+    targets[T - 1] = M
+    mask = np.zeros(T, dtype=bool)
+    mask[E + 1 :] = True
+    return Example(inputs, targets, mask)
+
+
+class ShortestPath(SequenceTask):
+    """Shortest path: read a graph's edges and a query, output the path node by node.
+
+    Args:
+        nodes: [low, high] nodes per graph for training and validation.
+        eval_nodes: [low, high] nodes per graph for test.
+        extra_edges: edges beyond a spanning tree, as a fraction of the node count.
+        batch_size: sequences per batch.
+        train_batches: batches per training epoch.
+        val_batches: batches in the validation split.
+        test_batches: batches in the test split.
+        seed: the task's seed.
+        num_workers: DataLoader worker processes.
+    """
+
+    loss = "tokens"
+
+    def __init__(
+        self,
+        nodes: tuple[int, int] = (5, 10),
+        eval_nodes: tuple[int, int] = (11, 16),
+        extra_edges: float = 0.5,
+        batch_size: int = 32,
+        train_batches: int = 1000,
+        val_batches: int = 8,
+        test_batches: int = 8,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, train_batches, val_batches, test_batches, seed, num_workers)
+        self.nodes = check_range("ShortestPath", "nodes", nodes, minimum=2)
+        self.eval_nodes = check_range("ShortestPath", "eval_nodes", eval_nodes, minimum=2)
+        self.extra_edges = check_non_negative_float("ShortestPath", "extra_edges", extra_edges)
+        self.max_nodes = max(self.nodes[1], self.eval_nodes[1])
+
+    @property
+    def input_size(self) -> int:
+        return 2 * self.max_nodes + 3
+
+    @property
+    def output_size(self) -> int:
+        return self.max_nodes + 1
+
+    def example(self, rng: np.random.Generator, split: str) -> Example:
+        low, high = self.eval_nodes if split == "test" else self.nodes
+        nodes = int(rng.integers(low, high + 1))
+        return shortest_path_example(rng, nodes, self.max_nodes, self.extra_edges)
