@@ -46,6 +46,17 @@ class TieredCLI(LightningCLI):
             help="After fit, run test on the best checkpoint and print its table of metrics.",
         )
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        """Add a rich progress bar when rich is installed and no progress bar is chosen."""
+        from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+        chosen = list(callbacks) + list(config.get("callbacks") or [])
+        wants_bar = config.get("enable_progress_bar") is not False
+        if wants_bar and importlib.util.find_spec("rich"):
+            if not any(isinstance(callback, ProgressBar) for callback in chosen):
+                callbacks = [*callbacks, RichProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def after_fit(self) -> None:
         if self.config.get("fit", {}).get("test_after_fit"):
             ckpt = "best" if self.trainer.checkpoint_callback is not None else None
@@ -53,7 +64,7 @@ class TieredCLI(LightningCLI):
 
 
 def trainer_defaults() -> dict[str, Any]:
-    """CSV logs under runs/ (TensorBoard when installed); a rich progress bar if available."""
+    """CSV logs under runs/, or TensorBoard logs when tensorboard is installed."""
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         logger = {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -64,12 +75,26 @@ def trainer_defaults() -> dict[str, Any]:
             "class_path": "lightning.pytorch.loggers.CSVLogger",
             "init_args": {"save_dir": "runs"},
         }
-    defaults: dict[str, Any] = {"logger": logger}
-    if importlib.util.find_spec("rich"):
-        from lightning.pytorch.callbacks import RichProgressBar
+    return {"logger": logger}
 
-        defaults["callbacks"] = [RichProgressBar()]
-    return defaults
+
+def make_cli(args: Sequence[str], run: bool = True) -> TieredCLI:
+    """Build (and with ``run`` execute) the CLI on ``args``, as ``tiered`` does.
+
+    With ``run=False`` there are no subcommands: ``args`` are a config's flags only, and
+    the model, data and trainer are instantiated but nothing is trained.
+    """
+    return TieredCLI(
+        TieredModule,
+        SequenceTask,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        args=list(args),
+        auto_configure_optimizers=False,
+        run=run,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int | None:
@@ -77,16 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]](args[1:])
-    TieredCLI(
-        TieredModule,
-        SequenceTask,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    make_cli(args)
     return 0
 
 

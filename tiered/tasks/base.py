@@ -107,10 +107,12 @@ class BatchIndexSampler(DistributedSampler):
         self.fresh_each_epoch = fresh_each_epoch
 
     def __iter__(self) -> Iterator[int]:
+        # A generator, so the epoch is read when the first index is drawn: on resume,
+        # Lightning sets the epoch after the DataLoader has already called iter().
         n = len(self.dataset)  # type: ignore[arg-type]
         start = self.epoch * n if self.fresh_each_epoch else 0
         indices = range(start + self.rank, start + n, self.num_replicas)
-        return iter(list(indices)[: self.num_samples])
+        yield from indices[: self.num_samples]
 
 
 class SequenceTask(L.LightningDataModule, abc.ABC):

@@ -63,7 +63,7 @@ def shortest_path_example(
     edges = random_graph(rng, nodes, extra_edges)
     for _ in range(20):
         start, goal = (int(x) for x in rng.choice(nodes, size=2, replace=False))
-        distance, count, parent = shortest_paths_from(start, nodes, edges)
+        _, count, parent = shortest_paths_from(start, nodes, edges)
         if count[goal] == 1:
             break
     path = [goal]

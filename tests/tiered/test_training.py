@@ -1,0 +1,141 @@
+"""Training: resume equality, truncated BPTT, DDP on 2 CPU processes, task determinism."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tiered import TieredModule
+from tiered.cli import make_cli
+from tiered.controllers import LSTMController
+from tiered.tasks import AssociativeRecall, Copy, PrioritySort, RepeatCopy, ShortestPath
+from tiered.tasks.base import BatchIndexSampler, TaskBatches
+from tiered.tiers import RAM, Cache, Register
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = ROOT / "experiments" / "stacks" / "cache_ram.yaml"
+SMALL_COPY = [
+    "--data", "Copy",
+    "--data.init_args.lengths", "[1, 4]",
+    "--data.init_args.batch_size", "4",
+    "--data.init_args.train_batches", "3",
+    "--data.init_args.val_batches", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.log_every_n_steps", "1",
+    "--seed_everything", "7",
+]  # fmt: skip
+
+
+def _fit(tmp_path: Path, name: str, max_epochs: int, ckpt: Path | None = None) -> Path:
+    args = ["fit", "--config", str(STACK), *SMALL_COPY, "--trainer.max_epochs", str(max_epochs)]
+    args += ["--trainer.default_root_dir", str(tmp_path / name)]
+    args += ["--trainer.logger", "false"]
+    if ckpt is not None:
+        args += ["--ckpt_path", str(ckpt)]
+    make_cli(args)
+    (checkpoint,) = sorted((tmp_path / name / "checkpoints").glob("*.ckpt"))
+    return checkpoint
+
+
+def test_stopped_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    uninterrupted = torch.load(_fit(tmp_path, "whole", 4), weights_only=False)
+    halfway = _fit(tmp_path, "first_half", 2)
+    resumed = torch.load(_fit(tmp_path, "resumed", 4, ckpt=halfway), weights_only=False)
+    assert resumed["global_step"] == uninterrupted["global_step"] == 12
+    for key, value in uninterrupted["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)
+    for a, b in zip(
+        resumed["optimizer_states"][0]["state"].values(),
+        uninterrupted["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=0)
+
+
+def _train(model: TieredModule, task: Copy, steps: int) -> dict[str, torch.Tensor]:
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, task)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _model(tbptt_steps: int | None, seed: int = 0) -> TieredModule:
+    torch.manual_seed(seed)
+    controller = LSTMController(9, 8, Register(16), [Cache(5, 6, rewrite_penalty=0.01), RAM(7, 6)])
+    return TieredModule(controller, tbptt_steps=tbptt_steps, gradient_clip_val=1.0)
+
+
+def test_tbptt_with_one_window_equals_full_backpropagation():
+    task = Copy(lengths=(2, 4), batch_size=4, train_batches=3)  # sequences of at most 9 steps
+    full = _train(_model(None), task, 3)
+    windowed = _train(_model(tbptt_steps=9), task, 3)
+    for key, value in full.items():
+        torch.testing.assert_close(windowed[key], value)
+
+
+def test_tbptt_with_short_windows_trains_and_differs_from_full_backpropagation():
+    task = Copy(lengths=(2, 4), batch_size=4, train_batches=3)
+    before = _model(None).state_dict()
+    full = _train(_model(None), task, 3)
+    windowed = _train(_model(tbptt_steps=2), task, 3)
+    moved = [not torch.equal(windowed[k], before[k]) for k in before]
+    assert all(moved)  # every parameter received updates
+    assert any(not torch.equal(windowed[k], full[k]) for k in full)
+
+
+@pytest.mark.parametrize(
+    "task_class", [Copy, RepeatCopy, AssociativeRecall, PrioritySort, ShortestPath]
+)
+def test_tasks_are_deterministic_and_splits_differ(task_class):
+    task = task_class(batch_size=5, seed=11)
+    again = task_class(batch_size=5, seed=11)
+    for a, b in zip(task.make_batch("train", 3), again.make_batch("train", 3), strict=True):
+        assert torch.equal(a, b)
+    train, val = task.make_batch("train", 0), task.make_batch("val", 0)
+    assert train.inputs.shape[-1] == task.input_size
+    assert not (train.inputs.shape == val.inputs.shape and torch.equal(train.inputs, val.inputs))
+    assert train.mask.any(dim=1).all()  # every sequence has scored steps
+    test = task.make_batch("test", 0)
+    assert test.inputs.shape[1] > train.inputs.shape[1] // 2  # evaluation range is harder
+
+
+def test_batch_sampler_gives_ranks_disjoint_batches_and_fresh_epochs():
+    dataset = TaskBatches(Copy(batch_size=2), "train", 7)
+    ranks = [BatchIndexSampler(dataset, fresh_each_epoch=True) for _ in range(2)]
+    for rank, sampler in enumerate(ranks):
+        sampler.num_replicas, sampler.rank, sampler.num_samples = 2, rank, 3
+    first = [list(s) for s in ranks]
+    assert first == [[0, 2, 4], [1, 3, 5]]
+    for sampler in ranks:
+        sampler.set_epoch(1)
+    assert [list(s) for s in ranks] == [[7, 9, 11], [8, 10, 12]]
+    fixed = BatchIndexSampler(dataset, fresh_each_epoch=False)
+    fixed.set_epoch(5)
+    assert list(fixed) == list(range(7))
+
+
+def test_ddp_on_two_cpu_processes_trains_cache_and_ram(tmp_path):
+    script = Path(sys.executable).parent / "tiered"
+    result = subprocess.run(
+        [str(script), "fit", "--config", str(STACK), *SMALL_COPY,
+         "--data.init_args.train_batches", "4", "--trainer.max_epochs", "1",
+         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+         "--trainer.default_root_dir", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+    (checkpoint,) = (tmp_path / "runs").rglob("*.ckpt")
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["global_step"] == 2  # 4 batches shared by 2 ranks
