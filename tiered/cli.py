@@ -52,9 +52,9 @@ class TieredCLI(LightningCLI):
 
         chosen = list(callbacks) + list(config.get("callbacks") or [])
         wants_bar = config.get("enable_progress_bar") is not False
-        if wants_bar and importlib.util.find_spec("rich"):
-            if not any(isinstance(callback, ProgressBar) for callback in chosen):
-                callbacks = [*callbacks, RichProgressBar()]
+        has_bar = any(isinstance(callback, ProgressBar) for callback in chosen)
+        if wants_bar and not has_bar and importlib.util.find_spec("rich"):
+            callbacks = [*callbacks, RichProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
