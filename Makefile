@@ -9,6 +9,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo clean
 
+# Trains Register + Cache + RAM on copy (lengths 1..10) for a few minutes on CPU, then prints
+# validation (lengths 1..10) and test (lengths 21..40, generalisation) tables. Logs, the
+# resolved config and checkpoints go to runs/lightning_logs/version_*/.
+DEMO_STEPS ?= 800
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -23,6 +28,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/tiered fit --config experiments/tasks/copy.yaml --config experiments/stacks/cache_ram.yaml \
+		--trainer.max_steps $(DEMO_STEPS) --trainer.val_check_interval 200 --evaluate_after_fit true
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

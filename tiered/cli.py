@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import tiered.tasks
 import tiered.tiers  # noqa: F401  (registers the tier classes for short names)
+from tiered.malloc import tune_malloc
 from tiered.module import TieredModule
 from tiered.tasks.base import SequenceTask
 
@@ -40,10 +41,11 @@ class TieredCLI(LightningCLI):
         )
         parser.link_arguments("data.loss", "model.init_args.loss", apply_on="instantiate")
         parser.add_argument(
-            "--test_after_fit",
+            "--evaluate_after_fit",
             type=bool,
             default=False,
-            help="After fit, run test on the best checkpoint and print its table of metrics.",
+            help="After fit, run validate (training range) and test (evaluation range) on "
+            "the checkpoint kept by the checkpoint callback and print their tables.",
         )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
@@ -58,8 +60,9 @@ class TieredCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
-        if self.config.get("fit", {}).get("test_after_fit"):
+        if self.config.get("fit", {}).get("evaluate_after_fit"):
             ckpt = "best" if self.trainer.checkpoint_callback is not None else None
+            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
 
@@ -100,6 +103,7 @@ def make_cli(args: Sequence[str], run: bool = True) -> TieredCLI:
 def main(argv: Sequence[str] | None = None) -> int | None:
     """Entry point of the ``tiered`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    tune_malloc()
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]](args[1:])
     make_cli(args)

@@ -38,7 +38,7 @@ def test_fit_end_to_end_through_the_console_script(tmp_path):
         [*tiered_command(), "fit", "--config", str(STACK), *SMALL_COPY,
          "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
          "--trainer.log_every_n_steps", "1",
-         "--seed_everything", "3", "--test_after_fit", "true"],
+         "--seed_everything", "3", "--evaluate_after_fit", "true"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -52,7 +52,8 @@ def test_fit_end_to_end_through_the_console_script(tmp_path):
     metrics = (run / "metrics.csv").read_text()
     for key in ("train/loss", "train/penalty/cache", "train/rewrite/ram", "val/bit_errors"):
         assert key in metrics
-    assert "test/bit_errors" in result.stdout  # the table printed after fit
+    assert "test/bit_errors" in result.stdout  # the tables printed after fit
+    assert "val/bit_errors" in result.stdout
     (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
     model = TieredModule.load_from_checkpoint(checkpoint)
     assert [t.name for t in model.controller.tiers] == ["cache", "ram"]

@@ -62,3 +62,14 @@ def test_checks_name_the_owner_the_field_and_the_value():
         check_positive_int("X", "n", True)
     with pytest.raises(ValueError, match="X: p must be a finite number >= 0, got nan"):
         check_non_negative_float("X", "p", float("nan"))
+
+
+def test_tune_malloc_is_accepted_on_linux_glibc():
+    import sys
+
+    from tiered.malloc import tune_malloc
+
+    result = tune_malloc()
+    assert isinstance(result, bool)
+    if sys.platform.startswith("linux"):
+        assert result

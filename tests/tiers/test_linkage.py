@@ -84,3 +84,24 @@ def test_gradcheck_link_update():
     prev_read = torch.rand(2, R, 5, dtype=torch.float64).softmax(-1).requires_grad_()
     assert gradcheck(lambda L, r: linkage.directional_read_weights(L, r, True), (link, prev_read))
     assert gradcheck(lambda L, r: linkage.directional_read_weights(L, r, False), (link, prev_read))
+
+
+def test_fast_link_update_matches_the_reference_in_values_and_gradients():
+    link = _run_links(4).requires_grad_()
+    precedence = _random_write_weights(B, H, N).requires_grad_()
+    w = _random_write_weights(B, H, N).requires_grad_()
+    fast = linkage.update_link(link, precedence, w)
+    reference = linkage.update_link_reference(link, precedence, w)
+    torch.testing.assert_close(fast, reference)
+    g = torch.randn_like(fast)
+    grads_fast = torch.autograd.grad(fast, (link, precedence, w), g)
+    grads_reference = torch.autograd.grad(reference, (link, precedence, w), g)
+    for a, b in zip(grads_fast, grads_reference, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_reference_link_update():
+    link = _run_links(3)[:2, :, :5, :5].clone().requires_grad_()
+    precedence = _random_write_weights(2, H, 5).requires_grad_()
+    w = _random_write_weights(2, H, 5).requires_grad_()
+    assert gradcheck(linkage.update_link_reference, (link, precedence, w))
