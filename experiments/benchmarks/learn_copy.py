@@ -144,7 +144,8 @@ def main() -> None:
         "sequences per length. Seeds: " + ", ".join(map(str, args.seeds)) + "; values are the",
         "median [min, max] over seeds.",
         "",
-        "| stack | seeds below target | steps | wall s | bit errors, lengths 1..10 | length 20 | length 40 |",
+        "| stack | seeds below target | steps | wall s | bit errors, lengths 1..10 "
+        "| length 20 | length 40 |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in STACKS.values():
@@ -153,7 +154,8 @@ def main() -> None:
             f"| {name} | {sum(r['reached_target'] for r in rows)}/{len(rows)} | "
             f"{summarize([r['steps'] for r in rows])} | {summarize([r['wall_s'] for r in rows])} | "
             f"{summarize([r['train_lengths'] for r in rows])} | "
-            f"{summarize([r['length_20'] for r in rows])} | {summarize([r['length_40'] for r in rows])} |"
+            f"{summarize([r['length_20'] for r in rows])} | "
+            f"{summarize([r['length_40'] for r in rows])} |"
         )
     lines += [
         "",
