@@ -17,9 +17,19 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from tiered.knn import make_index, resolve_backend, set_faiss_threads
 from tiered.tier import Tier, TierOutput, TierStats, write_ticks
 from tiered.tiers import addressing, linkage
-from tiered.validation import check_positive_int
+from tiered.tiers.ram_sparse import (
+    SparseRAMState,
+    SparseTape,
+    sparse_interface_size,
+    sparse_step,
+)
+from tiered.validation import check_choice, check_positive_int
+
+# sparse="auto" switches to sparse mode above this many slots.
+SPARSE_AUTO_SLOTS = 1024
 
 
 class RAMState(NamedTuple):
@@ -129,13 +139,25 @@ def mix_read_weights(
 
 
 class RAM(Tier):
-    """Main memory: the DNC's memory access module.
+    """Main memory: the DNC's memory access module, dense or sparse.
+
+    Dense mode is the full DNC (content, allocation, temporal links). Sparse mode is
+    Sparse Access Memory (see ``tiered.tiers.ram_sparse``): each read head attends over
+    its ``k`` nearest rows found by a kNN index, writes touch the rows just read plus the
+    least recently used row, and backward rolls the in-place memory back step by step.
+    Sparse mode has no temporal links yet and one write head.
 
     Args:
         slots: number of memory slots, N in the DNC paper.
         width: width of each slot (word size), W in the DNC paper.
         read_heads: number of read heads, R in the DNC paper.
-        write_heads: number of write heads, each with its own link matrix.
+        write_heads: number of write heads, each with its own link matrix (dense mode;
+            sparse mode takes 1).
+        k: rows each read head retrieves in sparse mode (K in the SAM paper).
+        sparse: True, False, or "auto" (sparse above SPARSE_AUTO_SLOTS = 1024 slots).
+        index: kNN backend in sparse mode: "exact", "faiss" or "auto" (exact on GPUs and
+            below 32768 slots, FAISS otherwise when installed).
+        nprobe: inverted lists FAISS visits per query.
         rewrite_penalty: lambda, the weight of the erased content in the loss.
         period: the RAM writes only on every ``period``-th step; reads are served, and free
             gates release slots, every step.
@@ -148,6 +170,10 @@ class RAM(Tier):
         width: int,
         read_heads: int = 4,
         write_heads: int = 1,
+        k: int = 8,
+        sparse: bool | str = "auto",
+        index: str = "auto",
+        nprobe: int = 8,
         rewrite_penalty: float = 0.0,
         period: int = 1,
         name: str | None = None,
@@ -157,9 +183,23 @@ class RAM(Tier):
         self.width = check_positive_int("RAM", "width", width)
         self.read_heads = check_positive_int("RAM", "read_heads", read_heads)
         self.write_heads = check_positive_int("RAM", "write_heads", write_heads)
+        self.k = check_positive_int("RAM", "k", k)
+        if not isinstance(sparse, bool):
+            check_choice("RAM", "sparse", sparse, ("auto",))
+            sparse = self.slots > SPARSE_AUTO_SLOTS
+        self.sparse = sparse
+        self.index = check_choice("RAM", "index", index, ("auto", "exact", "faiss"))
+        self.nprobe = check_positive_int("RAM", "nprobe", nprobe)
+        if self.sparse and self.write_heads != 1:
+            raise ValueError(
+                f"RAM: sparse mode has one write head, got write_heads={write_heads}; "
+                f"use write_heads=1 or sparse=False"
+            )
 
     @property
     def interface_size(self) -> int:
+        if self.sparse:
+            return sparse_interface_size(self.width, self.read_heads)
         return ram_interface_size(self.width, self.read_heads, self.write_heads)
 
     @property
@@ -171,8 +211,10 @@ class RAM(Tier):
         batch_size: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> RAMState:
+    ) -> RAMState | SparseRAMState:
         B = check_positive_int("RAM", "batch_size", batch_size)
+        if self.sparse:
+            return self._sparse_initial_state(B, device, dtype)
         N, W, R, H = self.slots, self.width, self.read_heads, self.write_heads
         zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
         return RAMState(
@@ -185,7 +227,51 @@ class RAM(Tier):
             clock=torch.zeros(B, device=device, dtype=torch.long),
         )
 
-    def forward(self, interface: Tensor, state: RAMState) -> TierOutput:
+    def _sparse_initial_state(
+        self, B: int, device: torch.device | str | None, dtype: torch.dtype
+    ) -> SparseRAMState:
+        memory = torch.zeros(B, self.slots, self.width, device=device, dtype=dtype)
+        written = torch.zeros(B, self.slots, device=device, dtype=torch.bool)
+        last_access = torch.full((B, self.slots), -1, device=device, dtype=torch.long)
+        return self._sparse_state(memory, written, last_access)
+
+    def _sparse_state(self, memory: Tensor, written: Tensor, last_access: Tensor) -> SparseRAMState:
+        B, device = memory.shape[0], memory.device
+        backend = resolve_backend(self.index, self.slots, device)
+        if backend == "faiss":
+            set_faiss_threads()
+        index = make_index(backend, B, self.slots, self.width, self.nprobe)
+        index.rebuild(memory, written)
+        tape = SparseTape(memory, written, last_access, index)
+        R, K = self.read_heads, self.k
+        return SparseRAMState(
+            memory=memory,
+            read_weights=torch.zeros(B, R, K, device=device, dtype=memory.dtype),
+            read_indices=torch.full((B, R, K), -1, device=device, dtype=torch.long),
+            last_access=last_access,
+            token=torch.zeros((), device=device, dtype=memory.dtype),
+            clock=torch.zeros(B, device=device, dtype=torch.long),
+            tape=tape,
+        )
+
+    def rebuild_state(self, state: SparseRAMState) -> SparseRAMState:
+        """A sparse state over a copy of ``state``'s buffers with its caches (kNN index,
+        usage heap) rebuilt from them: after loading, after a device move, or to branch a
+        sequence. Read weights and the clock carry over."""
+        memory = state.memory.detach().clone()
+        written = (
+            state.tape.written.clone()
+            if isinstance(state.tape, SparseTape)
+            else (state.last_access >= 0)
+        )
+        fresh = self._sparse_state(memory, written, state.last_access.clone())
+        return fresh._replace(
+            read_weights=state.read_weights.detach().clone(),
+            read_indices=state.read_indices.clone(),
+            clock=state.clock.clone(),
+        )
+
+    def forward(self, interface: Tensor, state: RAMState | SparseRAMState) -> TierOutput:
         """One step: write (on ticks), then read.
 
         Args:
@@ -196,8 +282,10 @@ class RAM(Tier):
             ``TierOutput`` with the read words (B, R * W), the next ``RAMState`` and stats.
         """
         self.check_interface(interface, state.clock)
-        p = parse_ram_interface(interface, self.width, self.read_heads, self.write_heads)
         tick = write_ticks(state.clock, self.period)  # (B,)
+        if self.sparse:
+            return self._sparse_forward(interface, state, tick)  # type: ignore[arg-type]
+        p = parse_ram_interface(interface, self.width, self.read_heads, self.write_heads)
 
         # Write: usage from the last write and this step's free gates, then allocation.
         usage = addressing.update_usage(
@@ -241,8 +329,22 @@ class RAM(Tier):
         )
         return TierOutput(words.reshape(B, -1), next_state, stats)
 
+    def _sparse_forward(self, interface: Tensor, state: SparseRAMState, tick: Tensor) -> TierOutput:
+        words, next_state, erased, in_use = sparse_step(
+            interface, state, width=self.width, read_heads=self.read_heads, k=self.k, tick=tick
+        )
+        B = interface.shape[0]
+        stats = TierStats(
+            rewrite=erased,
+            reads=interface.new_full((B,), float(self.read_heads)).detach(),
+            writes=tick.to(interface.dtype).detach(),
+            slots_in_use=in_use.detach(),
+        )
+        return TierOutput(words, next_state, stats)
+
     def extra_repr(self) -> str:
+        mode = f"sparse=True, k={self.k}, index={self.index!r}" if self.sparse else "sparse=False"
         return (
             f"slots={self.slots}, width={self.width}, read_heads={self.read_heads}, "
-            f"write_heads={self.write_heads}, " + super().extra_repr()
+            f"write_heads={self.write_heads}, {mode}, " + super().extra_repr()
         )

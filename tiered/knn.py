@@ -1,0 +1,211 @@
+"""k-nearest-neighbour search over memory rows, behind one small interface.
+
+Similarity is cosine: rows and queries are compared after L2 normalisation. An index is a
+*cache*: it holds nothing that cannot be rebuilt from the memory tensor (``rebuild``), so
+it can be dropped after loading a checkpoint or moving to another device.
+
+Backends:
+    ExactKNN   matmul + ``torch.topk`` over all rows; the reference, the default for small
+               N and on GPUs.
+    FaissKNN   FAISS IVF-Flat per batch element with a hash-table direct map, trained once,
+               updated incrementally (remove and re-add only the rows that changed); on CUDA
+               memory with faiss-gpu installed, the search runs on the GPU.
+
+Named dimensions: B batch, N rows, W width, h queries per batch element, k neighbours.
+Rows never written (``written`` False) are never returned; when fewer than k rows are
+eligible, missing neighbours have index -1.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tiered.validation import check_choice, check_positive_int
+
+BACKENDS = ("auto", "exact", "faiss")
+# index="auto" picks FAISS on CPU from this many rows on (when FAISS is installed).
+FAISS_AUTO_ROWS = 1 << 15
+_warned_missing_faiss = False
+
+
+def load_faiss() -> Any | None:
+    """Import FAISS lazily; None when it is not installed."""
+    try:
+        return importlib.import_module("faiss")
+    except ImportError:
+        return None
+
+
+def normalize_rows(x: Tensor) -> Tensor:
+    """L2-normalise the last axis; zero vectors stay zero."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class KNNIndex(abc.ABC):
+    """Per-batch-element nearest-neighbour index over the rows of a (B, N, W) memory."""
+
+    @abc.abstractmethod
+    def rebuild(self, memory: Tensor, written: Tensor) -> None:
+        """Forget everything and index the written rows of ``memory`` (B, N, W)."""
+
+    @abc.abstractmethod
+    def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
+        """Re-index ``rows`` (B, S) (where ``valid``) from their new contents in ``memory``."""
+
+    @abc.abstractmethod
+    def search(self, memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
+        """Indices (B, h, k) of the k rows most similar to ``queries`` (B, h, W), or -1."""
+
+
+def exact_search(memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
+    """Exact cosine top-k over all written rows.
+
+    Args:
+        memory: (B, N, W).
+        written: (B, N) boolean; only these rows are eligible.
+        queries: (B, h, W).
+        k: neighbours per query.
+
+    Returns:
+        (B, h, k) row indices, most similar first; -1 where fewer than k rows are eligible.
+    """
+    with torch.no_grad():
+        scores = torch.einsum("bhw,bnw->bhn", normalize_rows(queries), normalize_rows(memory))
+        scores = scores.masked_fill(~written.unsqueeze(1), float("-inf"))
+        kk = min(k, memory.shape[1])
+        top, index = torch.topk(scores, kk, dim=-1)
+        index = index.masked_fill(torch.isinf(top), -1)
+        if kk < k:
+            pad = index.new_full((*index.shape[:-1], k - kk), -1)
+            index = torch.cat([index, pad], dim=-1)
+        return index
+
+
+class ExactKNN(KNNIndex):
+    """Exact search on the memory tensor itself; nothing to keep up to date."""
+
+    def rebuild(self, memory: Tensor, written: Tensor) -> None:
+        return None
+
+    def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
+        return None
+
+    def search(self, memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
+        return exact_search(memory, written, queries, k)
+
+
+class FaissKNN(KNNIndex):
+    """FAISS IVF-Flat (inner product on normalised rows), one index per batch element.
+
+    Args:
+        faiss: the imported faiss module.
+        batch_size: B.
+        slots: N, the number of rows (sets the number of inverted lists, ~4 sqrt(N)).
+        width: W.
+        nprobe: inverted lists visited per query; more is slower and more exact.
+        seed: seed of the random vectors the coarse quantiser is trained on, once.
+    """
+
+    def __init__(
+        self, faiss: Any, batch_size: int, slots: int, width: int, nprobe: int, seed: int = 0
+    ) -> None:
+        self.faiss = faiss
+        self.width = width
+        self.nlist = max(1, min(slots // 8, int(4 * math.sqrt(slots))))
+        rng = np.random.default_rng(seed)
+        train = rng.standard_normal((max(39 * self.nlist, 256), width)).astype(np.float32)
+        train /= np.linalg.norm(train, axis=1, keepdims=True)
+        self.indexes = []
+        for _ in range(batch_size):
+            quantizer = faiss.IndexFlatIP(width)
+            index = faiss.IndexIVFFlat(quantizer, width, self.nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.min_points_per_centroid = 1  # silence FAISS's small-training warning
+            index.train(train)
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            index.nprobe = nprobe
+            self.indexes.append(index)
+        self._quantizers = [index.quantizer for index in self.indexes]  # keep alive
+
+    def rebuild(self, memory: Tensor, written: Tensor) -> None:
+        vectors = normalize_rows(memory.detach()).float().cpu().numpy()
+        for b, index in enumerate(self.indexes):
+            index.reset()
+            ids = torch.nonzero(written[b]).flatten().cpu().numpy().astype(np.int64)
+            if len(ids):
+                index.add_with_ids(np.ascontiguousarray(vectors[b, ids]), ids)
+
+    def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
+        rows_cpu = rows.cpu().numpy()
+        valid_cpu = valid.cpu().numpy()
+        gathered = memory.detach().gather(
+            1, rows.clamp_min(0).unsqueeze(-1).expand(-1, -1, memory.shape[-1])
+        )
+        vectors = normalize_rows(gathered).float().cpu().numpy()
+        for b, index in enumerate(self.indexes):
+            ids = np.ascontiguousarray(rows_cpu[b][valid_cpu[b]].astype(np.int64))
+            if not len(ids):
+                continue
+            index.remove_ids(self.faiss.IDSelectorArray(len(ids), self.faiss.swig_ptr(ids)))
+            index.add_with_ids(np.ascontiguousarray(vectors[b][valid_cpu[b]]), ids)
+
+    def search(self, memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
+        q = normalize_rows(queries.detach()).float().cpu().numpy()
+        out = np.empty((*q.shape[:2], k), dtype=np.int64)
+        for b, index in enumerate(self.indexes):
+            _, labels = index.search(np.ascontiguousarray(q[b]), k)
+            out[b] = labels
+        return torch.from_numpy(out).to(queries.device)
+
+
+def resolve_backend(index: str, slots: int, device: torch.device) -> str:
+    """The backend for ``index`` ("auto", "exact" or "faiss") at ``slots`` rows on ``device``.
+
+    "auto" is exact on GPUs (a matmul and top-k are fast there) and for fewer than
+    ``FAISS_AUTO_ROWS`` rows; FAISS otherwise. Asking for FAISS without it installed falls
+    back to exact search with a one-time warning.
+    """
+    global _warned_missing_faiss
+    check_choice("RAM", "index", index, BACKENDS)
+    if index == "exact":
+        return "exact"
+    if index == "auto" and (device.type == "cuda" or slots < FAISS_AUTO_ROWS):
+        return "exact"
+    if load_faiss() is None:
+        if index == "faiss" and not _warned_missing_faiss:
+            warnings.warn(
+                "RAM: index='faiss' but FAISS is not installed (pip install tiered[faiss]); "
+                "using exact search",
+                stacklevel=3,
+            )
+            _warned_missing_faiss = True
+        return "exact"
+    return "faiss"
+
+
+def make_index(backend: str, batch_size: int, slots: int, width: int, nprobe: int = 8) -> KNNIndex:
+    """An empty index of the resolved ``backend`` ("exact" or "faiss")."""
+    check_positive_int("RAM", "nprobe", nprobe)
+    if backend == "faiss":
+        faiss = load_faiss()
+        assert faiss is not None
+        return FaissKNN(faiss, batch_size, slots, width, nprobe)
+    return ExactKNN()
+
+
+def set_faiss_threads(threads: int | None = None) -> int:
+    """Set FAISS's OpenMP threads (default: torch's thread count) so the two share cores."""
+    faiss = load_faiss()
+    count = torch.get_num_threads() if threads is None else threads
+    if faiss is not None:
+        faiss.omp_set_num_threads(count)
+    os.environ.setdefault("OMP_NUM_THREADS", str(count))
+    return count
