@@ -79,7 +79,9 @@ def exact_search(memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Te
         (B, h, k) row indices, most similar first; -1 where fewer than k rows are eligible.
     """
     with torch.no_grad():
-        scores = torch.einsum("bhw,bnw->bhn", normalize_rows(queries), normalize_rows(memory))
+        # (B, h, N); divide by the row norms instead of normalising a copy of the memory
+        scores = torch.einsum("bhw,bnw->bhn", normalize_rows(queries), memory)
+        scores = scores / memory.norm(dim=-1).clamp_min(1e-12).unsqueeze(1)
         scores = scores.masked_fill(~written.unsqueeze(1), float("-inf"))
         kk = min(k, memory.shape[1])
         top, index = torch.topk(scores, kk, dim=-1)
@@ -109,7 +111,7 @@ class FaissKNN(KNNIndex):
     Args:
         faiss: the imported faiss module.
         batch_size: B.
-        slots: N, the number of rows (sets the number of inverted lists, ~4 sqrt(N)).
+        slots: N, the number of rows (sets the number of inverted lists, ~sqrt(N)).
         width: W.
         nprobe: inverted lists visited per query; more is slower and more exact.
         seed: seed of the random vectors the coarse quantiser is trained on, once.
@@ -120,28 +122,28 @@ class FaissKNN(KNNIndex):
     ) -> None:
         self.faiss = faiss
         self.width = width
-        self.nlist = max(1, min(slots // 8, int(4 * math.sqrt(slots))))
+        self.nlist = max(1, min(slots // 8, int(math.sqrt(slots))))
         rng = np.random.default_rng(seed)
         train = rng.standard_normal((max(39 * self.nlist, 256), width)).astype(np.float32)
         train /= np.linalg.norm(train, axis=1, keepdims=True)
+        quantizer = faiss.IndexFlatIP(width)
+        trained = faiss.IndexIVFFlat(quantizer, width, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        trained.cp.min_points_per_centroid = 1  # silence FAISS's small-training warning
+        trained.train(train)  # once; every batch element gets a copy of the trained index
         self.indexes = []
         for _ in range(batch_size):
-            quantizer = faiss.IndexFlatIP(width)
-            index = faiss.IndexIVFFlat(quantizer, width, self.nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.min_points_per_centroid = 1  # silence FAISS's small-training warning
-            index.train(train)
+            index = faiss.clone_index(trained)
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
             index.nprobe = nprobe
             self.indexes.append(index)
-        self._quantizers = [index.quantizer for index in self.indexes]  # keep alive
 
     def rebuild(self, memory: Tensor, written: Tensor) -> None:
-        vectors = normalize_rows(memory.detach()).float().cpu().numpy()
         for b, index in enumerate(self.indexes):
             index.reset()
-            ids = torch.nonzero(written[b]).flatten().cpu().numpy().astype(np.int64)
-            if len(ids):
-                index.add_with_ids(np.ascontiguousarray(vectors[b, ids]), ids)
+            rows = torch.nonzero(written[b]).flatten()
+            if len(rows):
+                vectors = normalize_rows(memory[b, rows].detach()).float().cpu().numpy()
+                index.add_with_ids(np.ascontiguousarray(vectors), rows.cpu().numpy().astype(np.int64))
 
     def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
         rows_cpu = rows.cpu().numpy()

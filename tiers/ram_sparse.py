@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +35,7 @@ from tiered.knn import KNNIndex
 from tiered.state import Opaque
 
 DELTA = 0.005  # a weight above this counts as an access (SAM's delta)
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
 class Segment:
@@ -148,8 +150,18 @@ class SparseTape(Opaque):
             segment.applied += 1
 
     def accumulator(self) -> Tensor:
+        """The dense gradient of the memory, dM, kept across backward passes.
+
+        On CPU it is allocated zero-filled by the kernel (numpy's calloc), so only rows
+        that backward touches become resident: memory stays flat in N. Touched rows are
+        cleared after each backward.
+        """
         if self.grad is None or self.grad.shape != self.memory.shape:
-            self.grad = torch.zeros_like(self.memory)
+            if self.memory.device.type == "cpu" and self.memory.dtype in _NUMPY_DTYPES:
+                zeros = np.zeros(tuple(self.memory.shape), dtype=_NUMPY_DTYPES[self.memory.dtype])
+                self.grad = torch.from_numpy(zeros)
+            else:
+                self.grad = torch.zeros_like(self.memory)
         return self.grad
 
 
