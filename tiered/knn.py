@@ -143,7 +143,9 @@ class FaissKNN(KNNIndex):
             rows = torch.nonzero(written[b]).flatten()
             if len(rows):
                 vectors = normalize_rows(memory[b, rows].detach()).float().cpu().numpy()
-                index.add_with_ids(np.ascontiguousarray(vectors), rows.cpu().numpy().astype(np.int64))
+                index.add_with_ids(
+                    np.ascontiguousarray(vectors), rows.cpu().numpy().astype(np.int64)
+                )
 
     def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
         rows_cpu = rows.cpu().numpy()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tiered.tasks.base import Example, SequenceTask, check_range
@@ -59,12 +61,8 @@ class Copy(SequenceTask):
         bits: width of each vector (8 in the NTM paper).
         lengths: [low, high] sequence lengths for training and validation.
         eval_lengths: [low, high] sequence lengths for test (generalisation).
-        batch_size: sequences per batch.
-        train_batches: batches per training epoch.
-        val_batches: batches in the validation split.
-        test_batches: batches in the test split.
-        seed: the task's seed.
-        num_workers: DataLoader worker processes.
+        **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
+            num_workers, as in ``SequenceTask``.
     """
 
     loss = "bits"
@@ -74,14 +72,9 @@ class Copy(SequenceTask):
         bits: int = 8,
         lengths: tuple[int, int] = (1, 20),
         eval_lengths: tuple[int, int] = (21, 40),
-        batch_size: int = 32,
-        train_batches: int = 1000,
-        val_batches: int = 8,
-        test_batches: int = 8,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, train_batches, val_batches, test_batches, seed, num_workers)
+        super().__init__(**kwargs)
         self.bits = check_positive_int("Copy", "bits", bits)
         self.lengths = check_range("Copy", "lengths", lengths)
         self.eval_lengths = check_range("Copy", "eval_lengths", eval_lengths)
@@ -108,12 +101,8 @@ class RepeatCopy(SequenceTask):
         repeats: [low, high] repeat counts for training and validation.
         eval_lengths: [low, high] sequence lengths for test.
         eval_repeats: [low, high] repeat counts for test.
-        batch_size: sequences per batch.
-        train_batches: batches per training epoch.
-        val_batches: batches in the validation split.
-        test_batches: batches in the test split.
-        seed: the task's seed.
-        num_workers: DataLoader worker processes.
+        **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
+            num_workers, as in ``SequenceTask``.
     """
 
     loss = "bits"
@@ -125,14 +114,9 @@ class RepeatCopy(SequenceTask):
         repeats: tuple[int, int] = (1, 10),
         eval_lengths: tuple[int, int] = (1, 10),
         eval_repeats: tuple[int, int] = (11, 20),
-        batch_size: int = 32,
-        train_batches: int = 1000,
-        val_batches: int = 8,
-        test_batches: int = 8,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, train_batches, val_batches, test_batches, seed, num_workers)
+        super().__init__(**kwargs)
         self.bits = check_positive_int("RepeatCopy", "bits", bits)
         self.lengths = check_range("RepeatCopy", "lengths", lengths)
         self.repeats = check_range("RepeatCopy", "repeats", repeats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -97,12 +98,8 @@ class ShortestPath(SequenceTask):
         nodes: [low, high] nodes per graph for training and validation.
         eval_nodes: [low, high] nodes per graph for test.
         extra_edges: edges beyond a spanning tree, as a fraction of the node count.
-        batch_size: sequences per batch.
-        train_batches: batches per training epoch.
-        val_batches: batches in the validation split.
-        test_batches: batches in the test split.
-        seed: the task's seed.
-        num_workers: DataLoader worker processes.
+        **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
+            num_workers, as in ``SequenceTask``.
     """
 
     loss = "tokens"
@@ -112,14 +109,9 @@ class ShortestPath(SequenceTask):
         nodes: tuple[int, int] = (5, 10),
         eval_nodes: tuple[int, int] = (11, 16),
         extra_edges: float = 0.5,
-        batch_size: int = 32,
-        train_batches: int = 1000,
-        val_batches: int = 8,
-        test_batches: int = 8,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, train_batches, val_batches, test_batches, seed, num_workers)
+        super().__init__(**kwargs)
         self.nodes = check_range("ShortestPath", "nodes", nodes, minimum=2)
         self.eval_nodes = check_range("ShortestPath", "eval_nodes", eval_nodes, minimum=2)
         self.extra_edges = check_non_negative_float("ShortestPath", "extra_edges", extra_edges)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tiered.tasks.base import Example, SequenceTask, check_range
@@ -74,12 +76,8 @@ class AssociativeRecall(SequenceTask):
         eval_items: items per sequence for test, like ``items``.
         bits: width of each vector (6 in the NTM paper).
         item_length: vectors per item (3 in the NTM paper).
-        batch_size: sequences per batch.
-        train_batches: batches per training epoch.
-        val_batches: batches in the validation split.
-        test_batches: batches in the test split.
-        seed: the task's seed.
-        num_workers: DataLoader worker processes.
+        **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
+            num_workers, as in ``SequenceTask``.
     """
 
     loss = "bits"
@@ -90,14 +88,9 @@ class AssociativeRecall(SequenceTask):
         eval_items: int | tuple[int, int] = (7, 12),
         bits: int = 6,
         item_length: int = 3,
-        batch_size: int = 32,
-        train_batches: int = 1000,
-        val_batches: int = 8,
-        test_batches: int = 8,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, train_batches, val_batches, test_batches, seed, num_workers)
+        super().__init__(**kwargs)
         self.items = _item_range("AssociativeRecall", "items", items)
         self.eval_items = _item_range("AssociativeRecall", "eval_items", eval_items)
         self.bits = check_positive_int("AssociativeRecall", "bits", bits)
@@ -124,12 +117,8 @@ class PrioritySort(SequenceTask):
         items: [low, high] vectors per sequence for training and validation.
         eval_items: [low, high] vectors per sequence for test.
         bits: width of each vector (8 in the NTM paper).
-        batch_size: sequences per batch.
-        train_batches: batches per training epoch.
-        val_batches: batches in the validation split.
-        test_batches: batches in the test split.
-        seed: the task's seed.
-        num_workers: DataLoader worker processes.
+        **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
+            num_workers, as in ``SequenceTask``.
     """
 
     loss = "bits"
@@ -139,14 +128,9 @@ class PrioritySort(SequenceTask):
         items: tuple[int, int] = (2, 10),
         eval_items: tuple[int, int] = (11, 20),
         bits: int = 8,
-        batch_size: int = 32,
-        train_batches: int = 1000,
-        val_batches: int = 8,
-        test_batches: int = 8,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, train_batches, val_batches, test_batches, seed, num_workers)
+        super().__init__(**kwargs)
         self.items = check_range("PrioritySort", "items", items)
         self.eval_items = check_range("PrioritySort", "eval_items", eval_items)
         self.bits = check_positive_int("PrioritySort", "bits", bits)
