@@ -2,9 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch that lies on this kind of machine; a plain `torch` requirement
-# would pull a multi-GB CUDA build onto a CPU-only machine.
-TORCH_CPU ?= torch==2.13.0
+# How torch is installed when the environment has none. On this project's machines pip finds
+# the CPU build of torch 2.13.0 on local disk; elsewhere, ask PyTorch's CPU index, e.g.
+#   make test TORCH_INSTALL="torch --index-url https://download.pytorch.org/whl/cpu"
+# (a plain `torch` from PyPI is a multi-GB CUDA build on Linux).
+TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo clean
@@ -19,8 +21,8 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_CPU)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,faiss]"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_INSTALL)
+	$(BIN)/python -m pip install --quiet -e ".[dev,faiss,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,8 +27,15 @@ from tiered.tasks.base import SequenceTask
 
 CONTROLLER = "model.init_args.controller.init_args"
 
-# name -> function taking the remaining arguments; later issues add "sweep" and "rom".
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {}
+
+def _sweep(argv: list[str]) -> int:
+    from tiered.sweeps.cli import main as sweep_main
+
+    return sweep_main(argv)
+
+
+# name -> function taking the remaining arguments; a later issue adds "rom".
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {"sweep": _sweep}
 
 
 class TieredCLI(LightningCLI):
@@ -61,7 +68,9 @@ class TieredCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config.get("fit", {}).get("evaluate_after_fit"):
-            ckpt = "best" if self.trainer.checkpoint_callback is not None else None
+            callback = self.trainer.checkpoint_callback
+            saved = callback is not None and bool(getattr(callback, "best_model_path", ""))
+            ckpt = "best" if saved else None  # no checkpoint yet: the weights in memory
             self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
@@ -81,7 +90,7 @@ def trainer_defaults() -> dict[str, Any]:
     return {"logger": logger}
 
 
-def make_cli(args: Sequence[str], run: bool = True) -> TieredCLI:
+def make_cli(args: Sequence[str] | None, run: bool = True) -> TieredCLI:
     """Build (and with ``run`` execute) the CLI on ``args``, as ``tiered`` does.
 
     With ``run=False`` there are no subcommands: ``args`` are a config's flags only, and
@@ -94,7 +103,7 @@ def make_cli(args: Sequence[str], run: bool = True) -> TieredCLI:
         subclass_mode_data=True,
         trainer_defaults=trainer_defaults(),
         save_config_kwargs={"overwrite": True},
-        args=list(args),
+        args=None if args is None else list(args),
         auto_configure_optimizers=False,
         run=run,
     )
@@ -106,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     tune_malloc()
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]](args[1:])
-    make_cli(args)
+    make_cli(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import abc
 import importlib
 import math
-import os
 import warnings
 from typing import Any
 
@@ -205,11 +204,15 @@ def make_index(backend: str, batch_size: int, slots: int, width: int, nprobe: in
     return ExactKNN()
 
 
-def set_faiss_threads(threads: int | None = None) -> int:
-    """Set FAISS's OpenMP threads (default: torch's thread count) so the two share cores."""
+def set_faiss_threads(threads: int = 1) -> int:
+    """Set FAISS's OpenMP threads (process-wide).
+
+    Measured on the 2-core CPU machine: with as many OpenMP threads as cores, a FAISS
+    search slowed from ~3 ms to 160-400 ms per step whenever another process used a core
+    (OpenMP threads spin-wait); with 1 thread it stayed at ~3-4 ms. Our searches are small
+    (R queries per batch element), so 1 thread is the default.
+    """
     faiss = load_faiss()
-    count = torch.get_num_threads() if threads is None else threads
     if faiss is not None:
-        faiss.omp_set_num_threads(count)
-    os.environ.setdefault("OMP_NUM_THREADS", str(count))
-    return count
+        faiss.omp_set_num_threads(threads)
+    return threads

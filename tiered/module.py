@@ -70,10 +70,13 @@ class TieredModule(L.LightningModule):
         optimizer: a callable that makes the optimizer from the parameters.
         scheduler: an optional callable that makes a learning-rate scheduler.
         gradient_clip_val: clip the gradient norm to this value; None or 0 turns it off.
-            A ``trainer.gradient_clip_val`` given on the Trainer takes precedence.
+            A ``trainer.gradient_clip_val`` given on the Trainer takes precedence (and is an
+            error with ``tbptt_steps``: Lightning does not clip manual optimisation).
         tbptt_steps: truncated backpropagation through time: optimise every this many
             steps, detaching the state between windows (manual optimisation). None
-            backpropagates through whole sequences.
+            backpropagates through whole sequences. With it, ``global_step`` (and so
+            ``max_steps``) counts optimiser steps, one per window.
+        scheduler_interval: step the scheduler every optimiser "step" or every "epoch".
     """
 
     def __init__(
@@ -84,15 +87,18 @@ class TieredModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         gradient_clip_val: float | None = 10.0,
         tbptt_steps: int | None = None,
+        scheduler_interval: str = "step",
     ) -> None:
         super().__init__()
         from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
         # Built by the CLI, the hyperparameters are the config (class paths included), so
-        # load_from_checkpoint rebuilds everything; built in Python, the controller object
-        # is not a hyperparameter and load_from_checkpoint needs controller=... passed.
+        # load_from_checkpoint rebuilds everything; built in Python, the controller, the
+        # optimizer and the scheduler are objects, not hyperparameters:
+        # load_from_checkpoint then needs controller=... (and uses the default optimizer).
         cli_built = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if cli_built else ["controller"])
+        objects = ["controller", "optimizer", "scheduler"]
+        self.save_hyperparameters(ignore=None if cli_built else objects)
         if not isinstance(controller, Controller):
             raise TypeError(
                 "TieredModule: controller must be a tiered.controllers.Controller "
@@ -111,6 +117,9 @@ class TieredModule(L.LightningModule):
             None
             if tbptt_steps is None
             else check_positive_int("TieredModule", "tbptt_steps", tbptt_steps)
+        )
+        self.scheduler_interval = check_choice(
+            "TieredModule", "scheduler_interval", scheduler_interval, ("step", "epoch")
         )
         self.automatic_optimization = self.tbptt_steps is None
         self.val_metrics = _stage_metrics(self.loss_kind, "val/")
@@ -180,7 +189,7 @@ class TieredModule(L.LightningModule):
     def _tbptt_step(self, batch: SequenceBatch) -> None:
         """Optimise every ``tbptt_steps`` steps; the state is detached between windows."""
         optimizer = self.optimizers()
-        state, sums, counts, last = None, [], [], None
+        state, sums, counts, last, outputs = None, [], [], None, []
         T = batch.inputs.shape[1]
         for start in range(0, T, self.tbptt_steps):
             window = SequenceBatch(*(t[:, start : start + self.tbptt_steps] for t in batch))
@@ -195,22 +204,40 @@ class TieredModule(L.LightningModule):
             if self.gradient_clip_val:
                 self.clip_gradients(optimizer, self.gradient_clip_val, "norm")
             optimizer.step()
+            if self.scheduler_interval == "step":
+                self._step_scheduler()
             state = detach_state(out.state)
             sums.append(total.detach())
             counts.append(count)
+            outputs.append(out.output.detach())
             last = (out, penalties)
         task_loss = torch.stack(sums).sum() / torch.stack(counts).sum().clamp_min(1)
         out, penalties = last  # type: ignore[misc]
+        # Logged for the whole batch: the task loss; for the last window: penalties, stats.
         self._log_losses(
             "train", task_loss + sum(p.detach() for p in penalties.values()), task_loss, batch
         )
         self._log_tiers("train", out.aux, penalties)
+        if self.loss_kind == "bits":
+            logits = torch.cat(outputs, dim=1)
+            errors = bit_errors(logits, batch.targets, batch.mask).mean()
+            self.log("train/bit_errors", errors, batch_size=batch.inputs.shape[0])
+
+    def _step_scheduler(self) -> None:
+        """Step the scheduler by hand (manual optimisation), with val/loss for plateaus."""
+        if self.scheduler_factory is None:
+            return
+        scheduler = self.lr_schedulers()
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            value = self.trainer.callback_metrics.get("val/loss")
+            if value is not None:
+                scheduler.step(value)
+        elif scheduler is not None:
+            scheduler.step()  # type: ignore[union-attr]
 
     def on_train_epoch_end(self) -> None:
-        if self.tbptt_steps is not None and self.scheduler_factory is not None:
-            scheduler = self.lr_schedulers()
-            if scheduler is not None:
-                scheduler.step()  # type: ignore[union-attr]
+        if self.tbptt_steps is not None and self.scheduler_interval == "epoch":
+            self._step_scheduler()
 
     def validation_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
@@ -231,7 +258,7 @@ class TieredModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler}
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}

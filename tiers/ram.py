@@ -158,6 +158,9 @@ class RAM(Tier):
         index: kNN backend in sparse mode: "exact", "faiss" or "auto" (exact on GPUs and
             below 32768 slots, FAISS otherwise when installed).
         nprobe: inverted lists FAISS visits per query.
+        faiss_threads: OpenMP threads FAISS may use. Each search handles only R queries per
+            batch element, so 1 (the default) is as fast and never spin-waits against
+            torch's threads on shared cores.
         rewrite_penalty: lambda, the weight of the erased content in the loss.
         period: the RAM writes only on every ``period``-th step; reads are served, and free
             gates release slots, every step.
@@ -174,6 +177,7 @@ class RAM(Tier):
         sparse: bool | str = "auto",
         index: str = "auto",
         nprobe: int = 8,
+        faiss_threads: int = 1,
         rewrite_penalty: float = 0.0,
         period: int = 1,
         name: str | None = None,
@@ -190,6 +194,7 @@ class RAM(Tier):
         self.sparse = sparse
         self.index = check_choice("RAM", "index", index, ("auto", "exact", "faiss"))
         self.nprobe = check_positive_int("RAM", "nprobe", nprobe)
+        self.faiss_threads = check_positive_int("RAM", "faiss_threads", faiss_threads)
         if self.sparse and self.write_heads != 1:
             raise ValueError(
                 f"RAM: sparse mode has one write head, got write_heads={write_heads}; "
@@ -239,7 +244,7 @@ class RAM(Tier):
         B, device = memory.shape[0], memory.device
         backend = resolve_backend(self.index, self.slots, device)
         if backend == "faiss":
-            set_faiss_threads()
+            set_faiss_threads(self.faiss_threads)
         index = make_index(backend, B, self.slots, self.width, self.nprobe)
         index.rebuild(memory, written)
         tape = SparseTape(memory, written, last_access, index)

@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 def time_batch(slots: int, repeats: int, batch: int = 8, length: int = 20) -> list[float]:
     """Seconds per forward+backward over one batch, ``repeats`` times after one warm-up."""
     torch.manual_seed(0)
-    controller = LSTMController(9, 8, Register(64), [RAM(slots, 32, read_heads=4)])
+    controller = LSTMController(9, 8, Register(64), [RAM(slots, 32, read_heads=4, sparse=False)])
     x = torch.randn(batch, length, 9)
     times = []
     for i in range(repeats + 1):

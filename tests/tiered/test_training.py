@@ -139,3 +139,11 @@ def test_ddp_on_two_cpu_processes_trains_cache_and_ram(tmp_path):
     (checkpoint,) = (tmp_path / "runs").rglob("*.ckpt")
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["global_step"] == 2  # 4 batches shared by 2 ranks
+
+
+def test_evaluation_sampler_pads_so_every_rank_gets_a_batch():
+    dataset = TaskBatches(Copy(batch_size=2), "val", 3)
+    ranks = [BatchIndexSampler(dataset, fresh_each_epoch=False) for _ in range(2)]
+    for rank, sampler in enumerate(ranks):
+        sampler.num_replicas, sampler.rank, sampler.num_samples = 2, rank, 2
+    assert [list(s) for s in ranks] == [[0, 2], [1, 0]]

@@ -100,10 +100,13 @@ class BatchIndexSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: TaskBatches, fresh_each_epoch: bool) -> None:
+        # Training drops the batches that do not divide among the ranks; evaluation pads
+        # by repeating batches instead, so that every rank evaluates at least one.
+        drop_last = fresh_each_epoch
         if dist.is_available() and dist.is_initialized():
-            super().__init__(dataset, shuffle=False, drop_last=True)
+            super().__init__(dataset, shuffle=False, drop_last=drop_last)
         else:
-            super().__init__(dataset, num_replicas=1, rank=0, shuffle=False, drop_last=True)
+            super().__init__(dataset, num_replicas=1, rank=0, shuffle=False, drop_last=drop_last)
         self.fresh_each_epoch = fresh_each_epoch
 
     def __iter__(self) -> Iterator[int]:
@@ -111,8 +114,9 @@ class BatchIndexSampler(DistributedSampler):
         # Lightning sets the epoch after the DataLoader has already called iter().
         n = len(self.dataset)  # type: ignore[arg-type]
         start = self.epoch * n if self.fresh_each_epoch else 0
-        indices = range(start + self.rank, start + n, self.num_replicas)
-        yield from indices[: self.num_samples]
+        count = self.num_samples * self.num_replicas
+        for i in range(self.rank, count, self.num_replicas):
+            yield start + i % n
 
 
 class SequenceTask(L.LightningDataModule, abc.ABC):
