@@ -34,8 +34,14 @@ def _sweep(argv: list[str]) -> int:
     return sweep_main(argv)
 
 
-# name -> function taking the remaining arguments; a later issue adds "rom".
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {"sweep": _sweep}
+def _rom(argv: list[str]) -> int:
+    from tiered.rom_cli import main as rom_main
+
+    return rom_main(argv)
+
+
+# name -> function taking the remaining arguments.
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {"sweep": _sweep, "rom": _rom}
 
 
 class TieredCLI(LightningCLI):

@@ -78,8 +78,10 @@ def exact_search(memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Te
         (B, h, k) row indices, most similar first; -1 where fewer than k rows are eligible.
     """
     with torch.no_grad():
-        # (B, h, N); divide by the row norms instead of normalising a copy of the memory
-        scores = torch.einsum("bhw,bnw->bhn", normalize_rows(queries), memory)
+        # (B, h, N) by bmm on the memory as it lies (no copy of the memory is made), divided
+        # by the row norms instead of normalising the memory
+        unit_queries = normalize_rows(queries).to(memory.dtype)
+        scores = torch.bmm(memory, unit_queries.transpose(1, 2)).transpose(1, 2)
         scores = scores / memory.norm(dim=-1).clamp_min(1e-12).unsqueeze(1)
         scores = scores.masked_fill(~written.unsqueeze(1), float("-inf"))
         kk = min(k, memory.shape[1])

@@ -1,0 +1,124 @@
+"""ROM: exact reads, FAISS agreement, gradients to the query only, checkpoints of the store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tiered.controllers import LSTMController
+from tiered.knn import load_faiss
+from tiered.storage import KVStore, StoreError
+from tiered.tiers import ROM, Register
+
+R, DK, DV = 2, 6, 3
+
+
+@pytest.fixture
+def store(tmp_path):
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((257, DK)).astype(np.float32)
+    values = rng.standard_normal((257, DV)).astype(np.float32)
+    kv = KVStore.create(tmp_path / "rom", DK, DV, chunk_rows=64)
+    kv.append(keys, values)
+    return tmp_path / "rom", keys, values
+
+
+def _interface(queries: np.ndarray, strength: float) -> torch.Tensor:
+    q = torch.from_numpy(queries).double()  # (B, R, Dk)
+    return torch.cat([q.reshape(q.shape[0], -1), torch.full((q.shape[0], R), strength).double()], 1)
+
+
+def test_a_query_equal_to_a_key_reads_its_value(store):
+    path, keys, values = store
+    rom = ROM(str(path), k=4, read_heads=R, index="exact").double()
+    rows = np.array([[3, 200], [17, 0], [256, 5]])
+    interface = _interface(keys[rows], strength=5000.0)
+    read, state, stats = rom(interface, rom.initial_state(3))
+    np.testing.assert_allclose(read.reshape(3, R, DV).numpy(), values[rows], atol=1e-4)
+    assert stats.writes.sum() == 0 and stats.slots_in_use[0] == 257
+    assert state.clock.tolist() == [1, 1, 1]
+
+
+def test_values_in_memory_and_through_the_lru_cache_agree(store):
+    path, _keys, _ = store
+    cached = ROM(str(path), k=5, read_heads=R, index="exact", cache_rows=16).double()
+    in_memory = ROM(str(path), k=5, read_heads=R, index="exact", values_in_memory=True).double()
+    interface = torch.randn(4, cached.interface_size, dtype=torch.float64)
+    for _ in range(2):
+        a, _, _ = cached(interface, cached.initial_state(4))
+        b, _, _ = in_memory(interface, in_memory.initial_state(4))
+        torch.testing.assert_close(a, b)
+    assert cached.cache.hits > 0 and 0 < cached.cache.hit_rate < 1
+    assert len(cached.cache.rows) <= 16
+
+
+def test_gradients_reach_the_query_and_projection_never_the_store(store):
+    path, _, _ = store
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in path.rglob("*"))
+    rom = ROM(str(path), k=4, read_heads=R, index="exact", read_width=5).double()
+    assert rom.kv.read_only
+    assert [name for name, _ in rom.named_parameters()] == ["projection.weight", "projection.bias"]
+    interface = torch.randn(3, rom.interface_size, dtype=torch.float64, requires_grad=True)
+    read, _, _ = rom(interface, rom.initial_state(3))
+    assert read.shape == (3, R * 5)
+    read.pow(2).sum().backward()
+    assert torch.isfinite(interface.grad).all() and interface.grad.abs().sum() > 0
+    assert rom.projection.weight.grad is not None
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in path.rglob("*")) == before
+    assert torch.autograd.gradcheck(
+        lambda x: rom(x, rom.initial_state(3))[0], (interface.detach().requires_grad_(),)
+    )
+
+
+@pytest.mark.skipif(load_faiss() is None, reason="faiss is not installed")
+def test_faiss_index_finds_the_same_rows_as_exact_search(store, tmp_path):
+    from tiered.rom_cli import main as rom_main
+
+    _path, keys, values = store
+    np.save(tmp_path / "k.npy", keys)
+    np.save(tmp_path / "v.npy", values)
+    built = tmp_path / "built"
+    rom_main(["build", "--keys", str(tmp_path / "k.npy"), "--values", str(tmp_path / "v.npy"),
+              "--out", str(built), "--index", "faiss"])  # fmt: skip
+    fast = ROM(str(built), k=3, read_heads=R, index="faiss", nprobe=10_000)
+    exact = ROM(str(built), k=3, read_heads=R, index="exact")
+    assert fast.faiss_index is not None and exact.faiss_index is None
+    queries = torch.from_numpy(keys[[[1, 2], [50, 60]]]) + 0.01 * torch.randn(2, R, DK)
+    assert torch.equal(fast.search(queries), exact.search(queries))
+
+
+def test_checkpoints_record_the_store_and_reject_a_changed_one(store, tmp_path):
+    path, _keys, _values = store
+    controller = LSTMController(4, 2, Register(8), [ROM(str(path), k=3, read_heads=R)])
+    saved = controller.state_dict()
+    assert saved["tiers.0._extra_state"] == {"store": str(path), "rows": 257, "key_width": DK,
+                                             "value_width": DV}  # fmt: skip
+    controller.load_state_dict(saved)  # the same store: fine
+    shorter = dict(saved, **{"tiers.0._extra_state": dict(saved["tiers.0._extra_state"], rows=999)})
+    with pytest.raises(StoreError, match="trained on 999 rows .* only 257"):
+        controller.load_state_dict(shorter)
+    wide = dict(saved, **{"tiers.0._extra_state": dict(saved["tiers.0._extra_state"], key_width=7)})
+    with pytest.raises(StoreError, match=r"expects key/value widths \(7, 3\)"):
+        controller.load_state_dict(wide)
+    gone = dict(
+        saved,
+        **{
+            "tiers.0._extra_state": dict(
+                saved["tiers.0._extra_state"], store=str(tmp_path / "gone")
+            )
+        },
+    )
+    with pytest.raises(StoreError, match="cannot be opened"):
+        controller.load_state_dict(gone)
+    with pytest.raises(StoreError, match="does not exist"):
+        ROM(str(tmp_path / "gone"))
+
+
+def test_rom_in_a_controller_trains_end_to_end(store):
+    path, _, _ = store
+    controller = LSTMController(4, 2, Register(8), [ROM(str(path), k=3, read_heads=R)]).double()
+    out = controller(torch.randn(3, 5, 4, dtype=torch.float64))
+    out.output.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in controller.parameters())
+    assert (out.aux["rom"].writes == 0).all()

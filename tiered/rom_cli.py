@@ -1,0 +1,135 @@
+"""``tiered rom build`` and ``tiered rom info``: make and inspect key/value stores."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tiered.knn import load_faiss, normalize_rows
+from tiered.storage import DEFAULT_CHUNK_ROWS, DTYPES, KVStore, StoreError
+
+
+def load_array(path: str, name: str) -> np.ndarray:
+    """A 2-D array from .npy, .npz (the array called ``name``, or the only one), .pt, or
+    a zarr array (a path or URL)."""
+    if path.endswith(".npy"):
+        array = np.load(path, mmap_mode="r")
+    elif path.endswith(".npz"):
+        with np.load(path) as archive:
+            names = list(archive.keys())
+            if name in names:
+                array = archive[name]
+            elif len(names) == 1:
+                array = archive[names[0]]
+            else:
+                raise StoreError(f"rom build: {path} holds {names}; name one {name!r}")
+    elif path.endswith(".pt"):
+        import torch
+
+        array = torch.load(path, map_location="cpu", weights_only=True).numpy()
+    else:
+        import zarr
+
+        try:
+            array = zarr.open_array(path, mode="r")
+        except Exception as error:
+            raise StoreError(
+                f"rom build: {path!r} is not a .npy, .npz, .pt file or a zarr array"
+            ) from error
+    if len(array.shape) != 2:
+        raise StoreError(f"rom build: {name} must be 2-D (rows, width), got shape {array.shape}")
+    return array  # type: ignore[return-value]
+
+
+def _progress(done: int, total: int, start: float) -> None:
+    rate = done / max(time.perf_counter() - start, 1e-9)
+    print(f"\r  {done}/{total} rows ({100 * done / total:.0f}%, {rate:,.0f} rows/s)", end="",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+
+def build(args: argparse.Namespace) -> int:
+    keys = load_array(args.keys, "keys")
+    values = load_array(args.values, "values")
+    if keys.shape[0] != values.shape[0]:
+        raise StoreError(f"rom build: {keys.shape[0]} keys but {values.shape[0]} values")
+    out = str(args.out)
+    local = "://" not in out
+    if local and Path(out).exists() and not args.overwrite:
+        raise StoreError(f"rom build: {out!r} exists; pass --overwrite to replace it")
+    # Local stores are built beside the target and renamed into place when complete, so an
+    # interrupted build never leaves a half-written store under the target's name.
+    target = f"{out}.building-{os.getpid()}" if local else out
+    store = KVStore.create(target, keys.shape[1], values.shape[1], dtype=args.dtype,
+                           chunk_rows=args.chunk_rows, overwrite=not local)  # fmt: skip
+    total, start, step = keys.shape[0], time.perf_counter(), max(args.chunk_rows, 65536)
+    try:
+        for begin in range(0, total, step):
+            end = min(total, begin + step)
+            store.append(np.asarray(keys[begin:end]), np.asarray(values[begin:end]))
+            _progress(end, total, start)
+        print(file=sys.stderr)
+        faiss = load_faiss()
+        if args.index == "faiss" or (args.index == "auto" and faiss is not None):
+            if faiss is None:
+                raise StoreError("rom build: --index faiss needs FAISS (pip install tiered[faiss])")
+            import torch
+
+            from tiered.tiers.rom import build_faiss_index
+
+            unit = normalize_rows(torch.from_numpy(store.read_keys())).numpy()
+            index = build_faiss_index(faiss, unit)
+            store.save_index(faiss.serialize_index(index))
+        if local:
+            if Path(out).exists():
+                shutil.rmtree(out)
+            os.replace(target, out)
+    except BaseException:
+        if local:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    print(f"built {out}: {total} rows in {time.perf_counter() - start:.1f} s")
+    info(argparse.Namespace(store=out))
+    return 0
+
+
+def _size_on_disk(url: str) -> str:
+    if "://" in url:
+        return "n/a (remote store)"
+    total = sum(f.stat().st_size for f in Path(url).rglob("*") if f.is_file())
+    return f"{total / 2**20:.1f} MiB"
+
+
+def info(args: argparse.Namespace) -> int:
+    store = KVStore.open(str(args.store), mode="r")
+    details = store.info()
+    for field, value in details.__dict__.items():
+        print(f"{field:12s} {value}")
+    print(f"{'size':12s} {_size_on_disk(str(args.store))}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tiered rom", description="Key/value stores for ROM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    b = commands.add_parser("build", help="write a store from key and value arrays")
+    b.add_argument("--keys", required=True, help=".npy, .npz, .pt or a zarr array")
+    b.add_argument("--values", required=True, help=".npy, .npz, .pt or a zarr array")
+    b.add_argument("--out", required=True, help="store path or fsspec URL")
+    b.add_argument("--dtype", choices=DTYPES, default="float32")
+    b.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
+    b.add_argument("--index", choices=("auto", "faiss", "none"), default="auto")
+    b.add_argument("--overwrite", action="store_true")
+    i = commands.add_parser("info", help="rows, widths, index and size of a store")
+    i.add_argument("store")
+    args = parser.parse_args(argv)
+    try:
+        return build(args) if args.command == "build" else info(args)
+    except StoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,236 @@
+"""Key/value memory stores on zarr v3: the format behind the ROM and Disk tiers.
+
+A store is one zarr v3 group (a local directory by default; any fsspec URL works, e.g.
+``memory://name`` or ``s3://bucket/path`` with s3fs installed) holding
+
+    keys    (rows, key_width)    float16 or float32, chunked by rows
+    values  (rows, value_width)  float16 or float32, chunked by rows
+    attributes: format "tiered-kv", format_version, metric ("cosine"), committed_rows
+
+and optionally ``faiss_index``, a uint8 array with a serialised FAISS index of the keys.
+
+Crash safety: an append first grows the arrays and writes the new rows, and only then
+advances ``committed_rows`` (each metadata and chunk write is atomic: zarr writes to a
+temporary file and renames it). Readers only ever see rows below ``committed_rows``, so a
+writer killed mid-append leaves a store that opens, reads and appends again, with no
+partial row visible: the next append overwrites the uncommitted tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+FORMAT = "tiered-kv"
+FORMAT_VERSION = 1
+DTYPES = ("float16", "float32")
+# Rows per chunk: a read pays a fixed cost per chunk touched, so small random reads want
+# small chunks while building wants large ones; 1024 rows measured well for both at widths
+# of 16..128 (see experiments/results/rom_read.md when present).
+DEFAULT_CHUNK_ROWS = 1024
+
+
+class StoreError(ValueError):
+    """A store that is missing, malformed, or used in a way it does not allow."""
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What ``tiered rom info`` prints."""
+
+    url: str
+    rows: int
+    key_width: int
+    value_width: int
+    dtype: str
+    chunk_rows: int
+    metric: str
+    index: str
+
+
+def _describe(url: str | Path) -> str:
+    return str(url)
+
+
+class KVStore:
+    """An open key/value store. Use ``KVStore.create`` or ``KVStore.open``."""
+
+    def __init__(self, group: zarr.Group, url: str, read_only: bool) -> None:
+        self.group = group
+        self.url = url
+        self.read_only = read_only
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT or "keys" not in group or "values" not in group:
+            raise StoreError(f"store {url!r} is not a tiered key/value store (format {FORMAT!r})")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise StoreError(
+                f"store {url!r} has format_version {attrs.get('format_version')!r}; this "
+                f"tiered reads version {FORMAT_VERSION}"
+            )
+        self.keys: Any = group["keys"]
+        self.values: Any = group["values"]
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(
+        cls,
+        url: str | Path,
+        key_width: int,
+        value_width: int,
+        dtype: str = "float32",
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        overwrite: bool = False,
+    ) -> KVStore:
+        """Create an empty store; refuses to replace an existing one unless ``overwrite``."""
+        if dtype not in DTYPES:
+            raise StoreError(f"store: dtype must be one of {DTYPES}, got {dtype!r}")
+        for name, value in (("key_width", key_width), ("value_width", value_width),
+                            ("chunk_rows", chunk_rows)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise StoreError(f"store: {name} must be a positive integer, got {value!r}")
+        url = _describe(url)
+        try:
+            group = zarr.open_group(url, mode="w" if overwrite else "w-")
+        except (
+            FileExistsError,
+            zarr.errors.ContainsGroupError,
+            zarr.errors.ContainsArrayError,
+        ) as error:
+            raise StoreError(
+                f"store {url!r} already exists; pass overwrite to replace it"
+            ) from error
+        group.create_array(
+            "keys", shape=(0, key_width), chunks=(chunk_rows, key_width), dtype=dtype
+        )
+        group.create_array(
+            "values", shape=(0, value_width), chunks=(chunk_rows, value_width), dtype=dtype
+        )
+        group.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "metric": "cosine",
+                "committed_rows": 0,
+            }
+        )
+        return cls(group, url, read_only=False)
+
+    @classmethod
+    def open(cls, url: str | Path, mode: str = "r") -> KVStore:
+        """Open a store read-only (``"r"``) or for appending (``"a"``)."""
+        if mode not in ("r", "a"):
+            raise StoreError(f"store: mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
+        url = _describe(url)
+        if "://" not in url and not Path(url).exists():
+            raise StoreError(f"store {url!r} does not exist")
+        try:
+            group = zarr.open_group(url, mode="r" if mode == "r" else "r+")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
+            raise StoreError(f"store {url!r} does not exist or is not a zarr group") from error
+        return cls(group, url, read_only=mode == "r")
+
+    # --------------------------------------------------------------- properties
+    @property
+    def rows(self) -> int:
+        """Committed rows: the only rows readers see."""
+        return int(self.group.attrs["committed_rows"])
+
+    @property
+    def key_width(self) -> int:
+        return int(self.keys.shape[1])
+
+    @property
+    def value_width(self) -> int:
+        return int(self.values.shape[1])
+
+    def info(self) -> StoreInfo:
+        index = (
+            "faiss (saved)"
+            if "faiss_index" in self.group
+            else "none saved (exact or built on open)"
+        )
+        return StoreInfo(
+            url=self.url,
+            rows=self.rows,
+            key_width=self.key_width,
+            value_width=self.value_width,
+            dtype=str(self.keys.dtype),
+            chunk_rows=int(self.keys.chunks[0]),
+            metric=str(self.group.attrs.get("metric")),
+            index=index,
+        )
+
+    # ------------------------------------------------------------------- reads
+    def read_keys(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Keys of committed rows [start, stop) as float32 (rows, key_width)."""
+        stop = self.rows if stop is None else min(stop, self.rows)
+        return np.asarray(self.keys[start:stop], dtype=np.float32)
+
+    def read_values(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Values of committed rows [start, stop) as float32 (rows, value_width)."""
+        stop = self.rows if stop is None else min(stop, self.rows)
+        return np.asarray(self.values[start:stop], dtype=np.float32)
+
+    def take_values(self, rows: np.ndarray) -> np.ndarray:
+        """Values of the given committed rows (any order, repeats allowed): (n, value_width)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
+            raise StoreError(f"store {self.url!r}: rows must lie in [0, {self.rows})")
+        unique, inverse = np.unique(rows, return_inverse=True)
+        fetched = np.asarray(self.values.get_orthogonal_selection((unique, slice(None))))
+        return fetched.astype(np.float32)[inverse]
+
+    # ------------------------------------------------------------------ writes
+    def append(self, keys: np.ndarray, values: np.ndarray) -> int:
+        """Append rows, crash-safely; returns the new committed row count."""
+        if self.read_only:
+            raise StoreError(f"store {self.url!r} is open read-only; open it with mode='a'")
+        keys = np.asarray(keys)
+        values = np.asarray(values)
+        if keys.ndim != 2 or keys.shape[1] != self.key_width:
+            raise StoreError(
+                f"store {self.url!r}: keys must have shape (rows, {self.key_width}), "
+                f"got {keys.shape}"
+            )
+        if values.ndim != 2 or values.shape[1] != self.value_width:
+            raise StoreError(
+                f"store {self.url!r}: values must have shape (rows, {self.value_width}), "
+                f"got {values.shape}"
+            )
+        if len(keys) != len(values):
+            raise StoreError(f"store: {len(keys)} keys but {len(values)} values")
+        start = self.rows
+        stop = start + len(keys)
+        # Grow (or cut back an uncommitted tail left by a crash), write, then commit.
+        self.keys.resize((stop, self.key_width))
+        self.values.resize((stop, self.value_width))
+        self.keys[start:stop] = keys.astype(self.keys.dtype)
+        self.values[start:stop] = values.astype(self.values.dtype)
+        self.group.attrs["committed_rows"] = stop
+        return stop
+
+    def save_index(self, blob: np.ndarray) -> None:
+        """Store a serialised FAISS index (uint8) beside the arrays."""
+        if self.read_only:
+            raise StoreError(f"store {self.url!r} is open read-only")
+        if "faiss_index" in self.group:
+            del self.group["faiss_index"]
+        array = self.group.create_array(
+            "faiss_index",
+            shape=blob.shape,
+            chunks=(max(1, min(len(blob), 1 << 24)),),
+            dtype="uint8",
+        )
+        array[:] = blob
+        array.attrs["rows"] = self.rows
+
+    def load_index(self) -> tuple[np.ndarray, int] | None:
+        """The saved FAISS index and the row count it covers, or None."""
+        if "faiss_index" not in self.group:
+            return None
+        array = self.group["faiss_index"]
+        return np.asarray(array[:], dtype=np.uint8), int(array.attrs.get("rows", -1))

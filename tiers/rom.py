@@ -1,0 +1,267 @@
+"""ROM: read-only memory, a frozen key/value store in zarr read by kNN.
+
+Each step each read head sends a query q (key width) and a strength beta; the index
+returns the K most similar keys (cosine), and the head reads
+
+    w = softmax_k(beta * cos(q, key_k)),   r = sum_k w_k value_k   (then an optional projection)
+
+Keys live in memory (the index needs them); values are read from zarr through an LRU cache
+of ``cache_rows`` rows, or held in memory with ``values_in_memory``. Gradients reach the
+query, the strength and the projection, never the store: no code path writes a ROM store,
+which is opened read-only. Checkpoints record the store's URL, row count and widths, not
+its contents; loading a checkpoint whose store is missing, shorter or of another width fails
+with a message saying which.
+
+Named dimensions: B batch, R read heads, K neighbours, Dk key width, Dv value width.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tiered.knn import load_faiss, normalize_rows
+from tiered.storage import KVStore, StoreError
+from tiered.tier import Tier, TierOutput, TierStats
+from tiered.tiers.addressing import oneplus, safe_norm
+from tiered.validation import check_choice, check_positive_int
+
+# index="auto" uses FAISS from this many rows on (when FAISS is installed).
+ROM_FAISS_ROWS = 1 << 15
+
+
+class ROMState(NamedTuple):
+    """The ROM keeps nothing per sequence but its clock (B,)."""
+
+    clock: Tensor
+
+
+class ValueCache:
+    """LRU cache of value rows read from the store, with hit and miss counts."""
+
+    def __init__(self, store: KVStore, capacity: int) -> None:
+        self.store, self.capacity = store, capacity
+        self.rows: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """Values (n, Dv) of ``rows`` (n,), fetching the missing ones in one zarr read."""
+        flat = rows.reshape(-1).tolist()
+        missing = sorted({r for r in flat if r not in self.rows})
+        self.misses += sum(1 for r in flat if r not in self.rows)
+        self.hits += len(flat) - sum(1 for r in flat if r not in self.rows)
+        if missing:
+            fetched = self.store.take_values(np.asarray(missing))
+            for row, value in zip(missing, fetched, strict=True):
+                self.rows[row] = value
+        out = (
+            np.stack([self.rows[r] for r in flat])
+            if flat
+            else np.zeros((0, self.store.value_width), np.float32)
+        )
+        for row in set(flat):
+            self.rows.move_to_end(row)
+        while len(self.rows) > self.capacity:
+            self.rows.popitem(last=False)
+        return out
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class ROM(Tier):
+    """Read-only memory over a key/value store built with ``tiered rom build``.
+
+    Args:
+        store: the store's path or fsspec URL.
+        k: keys each read head retrieves.
+        read_heads: read heads R.
+        index: "exact" (matmul + top-k), "faiss" (the store's saved IVF index, or one built
+            on open) or "auto" (FAISS from 32768 rows when installed).
+        nprobe: inverted lists FAISS visits per query.
+        values_in_memory: load every value into memory instead of reading through the cache.
+        cache_rows: capacity of the LRU cache of values read from the store.
+        read_width: if set, a trainable linear projection of each head's read to this width.
+        rewrite_penalty: accepted for the tier contract; a ROM never writes, so its rewrite
+            is always 0.
+        period: accepted for the tier contract; a ROM never writes.
+        name: the tier's name in logs; defaults to ``"rom"``.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        k: int = 8,
+        read_heads: int = 1,
+        index: str = "auto",
+        nprobe: int = 16,
+        values_in_memory: bool = False,
+        cache_rows: int = 65536,
+        read_width: int | None = None,
+        rewrite_penalty: float = 0.0,
+        period: int = 1,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(rewrite_penalty=rewrite_penalty, period=period, name=name)
+        self.k = check_positive_int("ROM", "k", k)
+        self.read_heads = check_positive_int("ROM", "read_heads", read_heads)
+        self.index_kind = check_choice("ROM", "index", index, ("auto", "exact", "faiss"))
+        self.nprobe = check_positive_int("ROM", "nprobe", nprobe)
+        self.cache_rows = check_positive_int("ROM", "cache_rows", cache_rows)
+        self.store_url = str(store)
+        self.kv = KVStore.open(self.store_url, mode="r")
+        if self.kv.rows < 1:
+            raise StoreError(f"ROM: store {self.store_url!r} has no committed rows")
+        self.rows, self.key_width, self.value_width = (
+            self.kv.rows,
+            self.kv.key_width,
+            self.kv.value_width,
+        )
+        keys = torch.from_numpy(normalize_rows(torch.from_numpy(self.kv.read_keys())).numpy())
+        self.register_buffer("unit_keys", keys, persistent=False)  # (N, Dk), not in checkpoints
+        self.values_in_memory = bool(values_in_memory)
+        values = (
+            torch.from_numpy(self.kv.read_values()) if self.values_in_memory else torch.zeros(0)
+        )
+        self.register_buffer("all_values", values, persistent=False)
+        self.cache = ValueCache(self.kv, self.cache_rows)
+        self.faiss_index = self._make_index()
+        self.projection = (
+            nn.Linear(self.value_width, check_positive_int("ROM", "read_width", read_width))
+            if read_width is not None
+            else None
+        )
+
+    def _make_index(self) -> Any | None:
+        faiss = load_faiss()
+        wants = self.index_kind == "faiss" or (
+            self.index_kind == "auto" and self.rows >= ROM_FAISS_ROWS
+        )
+        if not wants or faiss is None:
+            return None
+        saved = self.kv.load_index()
+        if saved is not None and saved[1] == self.rows:
+            index = faiss.deserialize_index(saved[0])
+        else:
+            index = build_faiss_index(faiss, self.unit_keys.numpy())
+        index.nprobe = self.nprobe
+        return index
+
+    @property
+    def interface_size(self) -> int:
+        return self.read_heads * (self.key_width + 1)
+
+    @property
+    def read_size(self) -> int:
+        width = self.projection.out_features if self.projection is not None else self.value_width
+        return self.read_heads * width
+
+    def initial_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> ROMState:
+        B = check_positive_int("ROM", "batch_size", batch_size)
+        return ROMState(clock=torch.zeros(B, device=device, dtype=torch.long))
+
+    def search(self, queries: Tensor) -> Tensor:
+        """Row indices (B, R, K) of the most similar keys to ``queries`` (B, R, Dk)."""
+        K = min(self.k, self.rows)
+        with torch.no_grad():
+            flat = normalize_rows(queries.detach()).reshape(-1, self.key_width)
+            if self.faiss_index is None:
+                scores = flat.to(self.unit_keys.dtype) @ self.unit_keys.T  # (B R, N)
+                index = torch.topk(scores, K, dim=-1).indices
+            else:
+                _, labels = self.faiss_index.search(
+                    np.ascontiguousarray(flat.float().cpu().numpy()), K
+                )
+                labels = np.where(labels < 0, 0, labels)  # fewer than K found: repeat row 0
+                index = torch.from_numpy(labels).to(queries.device)
+        return index.reshape(*queries.shape[:2], K)
+
+    def fetch_values(self, rows: Tensor) -> Tensor:
+        """Values (B, R, K, Dv) of ``rows`` (B, R, K), from memory or through the cache."""
+        if self.values_in_memory:
+            return self.all_values[rows]
+        values = self.cache.get(rows.cpu().numpy())
+        return torch.from_numpy(values).reshape(*rows.shape, self.value_width).to(rows.device)
+
+    def forward(self, interface: Tensor, state: ROMState) -> TierOutput:
+        """Read: R heads, K keys each; nothing is written."""
+        self.check_interface(interface, state.clock)
+        B, R, Dk = interface.shape[0], self.read_heads, self.key_width
+        queries, strengths = torch.split(interface, [R * Dk, R], dim=-1)
+        queries = queries.reshape(B, R, Dk)
+        rows = self.search(queries)  # (B, R, K)
+        keys = self.unit_keys[rows].to(interface.dtype)  # (B, R, K, Dk), constants
+        similarity = torch.einsum("brd,brkd->brk", queries, keys) / (
+            safe_norm(queries).unsqueeze(-1) + 1e-6
+        )
+        weights = torch.softmax(oneplus(strengths).unsqueeze(-1) * similarity, dim=-1)
+        values = self.fetch_values(rows).to(interface.dtype)  # (B, R, K, Dv), constants
+        read = torch.einsum("brk,brkv->brv", weights, values)
+        if self.projection is not None:
+            read = self.projection(read)
+        zero = interface.new_zeros(B)
+        stats = TierStats(
+            rewrite=zero,
+            reads=interface.new_full((B,), float(R)),
+            writes=zero,
+            slots_in_use=interface.new_full((B,), float(self.rows)),
+        )
+        return TierOutput(read.reshape(B, -1), ROMState(state.clock + 1), stats)
+
+    # ---- checkpoints record the store, not its contents
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"store": self.store_url, "rows": self.rows, "key_width": self.key_width,
+                "value_width": self.value_width}  # fmt: skip
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        try:
+            kv = KVStore.open(state["store"], mode="r")
+        except StoreError as error:
+            raise StoreError(
+                f"ROM '{self.name}': the checkpoint's store {state['store']!r} cannot be "
+                f"opened: {error}"
+            ) from error
+        if kv.rows < state["rows"]:
+            raise StoreError(
+                f"ROM '{self.name}': the checkpoint was trained on {state['rows']} rows of "
+                f"{state['store']!r}, but the store now has only {kv.rows}"
+            )
+        if (kv.key_width, kv.value_width) != (state["key_width"], state["value_width"]):
+            raise StoreError(
+                f"ROM '{self.name}': the checkpoint expects key/value widths "
+                f"({state['key_width']}, {state['value_width']}) in {state['store']!r}, "
+                f"the store has ({kv.key_width}, {kv.value_width})"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"store={self.store_url!r}, rows={self.rows}, k={self.k}, "
+            f"read_heads={self.read_heads}, "
+            f"index={'faiss' if self.faiss_index is not None else 'exact'}, " + super().extra_repr()
+        )
+
+
+def build_faiss_index(faiss: Any, unit_keys: np.ndarray, seed: int = 0) -> Any:
+    """IVF-Flat (inner product) over unit-norm keys (N, Dk); ids are row numbers."""
+    n, width = unit_keys.shape
+    nlist = max(1, min(n // 39, int(4 * np.sqrt(n))))
+    quantizer = faiss.IndexFlatIP(width)
+    index = faiss.IndexIVFFlat(quantizer, width, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = unit_keys[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.add_with_ids(
+        np.ascontiguousarray(unit_keys, dtype=np.float32), np.arange(n, dtype=np.int64)
+    )
+    return index
