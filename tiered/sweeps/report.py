@@ -31,6 +31,9 @@ def collect(out_dir: Path, metric: str) -> list[dict[str, Any]]:
                 "state": status.get("state"),
                 "metric": status.get("metric"),
                 "error": status.get("error"),
+                "wall_s": (status["finished"] - status["started"])
+                if "started" in status and "finished" in status
+                else None,
                 "curve": metric_curve(run_dir, metric),
             }
         )
@@ -43,6 +46,7 @@ def summarize(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     for variant in sorted({r["variant"] for r in records}):
         mine = [r for r in records if r["variant"] == variant]
         values = [r["metric"] for r in mine if r["state"] == "finished" and r["metric"] is not None]
+        walls = [r["wall_s"] for r in mine if r["state"] == "finished" and r["wall_s"] is not None]
         rows.append(
             {
                 "variant": variant,
@@ -51,6 +55,7 @@ def summarize(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
                 "finished": sum(r["state"] == "finished" for r in mine),
                 "failed": sum(r["state"] == "failed" for r in mine),
                 "other": sum(r["state"] not in ("finished", "failed") for r in mine),
+                "wall_s": statistics.fmean(walls) if walls else None,
             }
         )
     worst = float("inf") if mode == "min" else float("-inf")
@@ -108,11 +113,15 @@ def write_report(out_dir: Path) -> Path:
         f"{sum(r['state'] == 'failed' for r in records)} failed, "
         f"{sum(r['state'] not in ('finished', 'failed') for r in records)} other.",
         "",
-        f"| variant | mean {metric} | std | finished | failed |",
-        "|---|---:|---:|---:|---:|",
+        f"Sweep: base {spec.get('base')}, grid keys {sorted(spec.get('grid') or {})}, "
+        f"seeds {spec.get('seeds')}, args {spec.get('args') or []}.",
+        "",
+        f"| variant | mean {metric} | std | finished | failed | mean wall s per run |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['variant']} | {fmt(r['mean'])} | {fmt(r['std'])} | {r['finished']} | {r['failed']} |"
+        f"| {r['variant']} | {fmt(r['mean'])} | {fmt(r['std'])} | {r['finished']} | "
+        f"{r['failed']} | {fmt(r['wall_s'])} |"
         for r in rows
     ]
     lines += ["", *differences(rows, metric, mode)]

@@ -96,8 +96,9 @@ def run_one(run: Run, out_dir: str, metric: str, threads: int = 1) -> dict[str, 
     attempts = int(status.get("attempts", 0)) + 1
     command = fit_command(run, run_dir)
     resumed = "--ckpt_path" in command
+    started = time.time()
     write_status(run_dir, {"state": "running", "attempts": attempts, "resumed": resumed,
-                           "command": command, "started": time.time()})  # fmt: skip
+                           "command": command, "started": started})  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(run_dir / "log.txt", "a") as log:
         log.write(f"\n=== attempt {attempts}: {' '.join(command)}\n")
@@ -114,7 +115,7 @@ def run_one(run: Run, out_dir: str, metric: str, threads: int = 1) -> dict[str, 
                 _children.discard(child)
     curve = metric_curve(run_dir, metric)
     status = {"attempts": attempts, "resumed": resumed, "command": command,
-              "returncode": code, "finished": time.time()}  # fmt: skip
+              "returncode": code, "started": started, "finished": time.time()}  # fmt: skip
     if code == 0:
         status.update(state="finished", metric=curve[-1][1] if curve else None)
     elif _stopping.is_set() or code in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL):
