@@ -7,9 +7,10 @@ it can be dropped after loading a checkpoint or moving to another device.
 Backends:
     ExactKNN   matmul + ``torch.topk`` over all rows; the reference, the default for small
                N and on GPUs.
-    FaissKNN   FAISS IVF-Flat per batch element with a hash-table direct map, trained once,
-               updated incrementally (remove and re-add only the rows that changed); on CUDA
-               memory with faiss-gpu installed, the search runs on the GPU.
+    FaissKNN   FAISS IVF-Flat per batch element with a hash-table direct map, trained once
+               per (slots, width) in a process, updated incrementally (remove and re-add
+               only the rows that changed). It searches on the CPU; a faiss-gpu path is
+               not built yet (on CUDA, index="auto" uses exact search).
 
 Named dimensions: B batch, N rows, W width, h queries per batch element, k neighbours.
 Rows never written (``written`` False) are never returned; when fewer than k rows are
@@ -19,6 +20,7 @@ eligible, missing neighbours have index -1.
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import math
 import warnings
@@ -124,13 +126,7 @@ class FaissKNN(KNNIndex):
         self.faiss = faiss
         self.width = width
         self.nlist = max(1, min(slots // 8, int(math.sqrt(slots))))
-        rng = np.random.default_rng(seed)
-        train = rng.standard_normal((max(39 * self.nlist, 256), width)).astype(np.float32)
-        train /= np.linalg.norm(train, axis=1, keepdims=True)
-        quantizer = faiss.IndexFlatIP(width)
-        trained = faiss.IndexIVFFlat(quantizer, width, self.nlist, faiss.METRIC_INNER_PRODUCT)
-        trained.cp.min_points_per_centroid = 1  # silence FAISS's small-training warning
-        trained.train(train)  # once; every batch element gets a copy of the trained index
+        trained = faiss.deserialize_index(_trained_ivf(width, self.nlist, seed))
         self.indexes = []
         for _ in range(batch_size):
             index = faiss.clone_index(trained)
@@ -169,6 +165,21 @@ class FaissKNN(KNNIndex):
             _, labels = index.search(np.ascontiguousarray(q[b]), k)
             out[b] = labels
         return torch.from_numpy(out).to(queries.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _trained_ivf(width: int, nlist: int, seed: int) -> np.ndarray:
+    """An empty IVF-Flat index trained on random unit vectors, serialised; made once per
+    (width, nlist) in a process and copied for every batch element and every sequence."""
+    faiss = load_faiss()
+    rng = np.random.default_rng(seed)
+    train = rng.standard_normal((max(39 * nlist, 256), width)).astype(np.float32)
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    quantizer = faiss.IndexFlatIP(width)
+    index = faiss.IndexIVFFlat(quantizer, width, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1  # silence FAISS's small-training warning
+    index.train(train)
+    return faiss.serialize_index(index)
 
 
 def resolve_backend(index: str, slots: int, device: torch.device) -> str:

@@ -60,7 +60,7 @@ def build(args: argparse.Namespace) -> int:
         raise StoreError(f"rom build: {keys.shape[0]} keys but {values.shape[0]} values")
     out = str(args.out)
     local = "://" not in out
-    if local and Path(out).exists() and not args.overwrite:
+    if not args.overwrite and _exists(out):
         raise StoreError(f"rom build: {out!r} exists; pass --overwrite to replace it")
     # Local stores are built beside the target and renamed into place when complete, so an
     # interrupted build never leaves a half-written store under the target's name.
@@ -96,6 +96,16 @@ def build(args: argparse.Namespace) -> int:
     print(f"built {out}: {total} rows in {time.perf_counter() - start:.1f} s")
     info(argparse.Namespace(store=out))
     return 0
+
+
+def _exists(url: str) -> bool:
+    if "://" not in url:
+        return Path(url).exists()
+    try:
+        KVStore.open(url)
+    except StoreError:
+        return False
+    return True
 
 
 def _size_on_disk(url: str) -> str:

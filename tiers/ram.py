@@ -269,7 +269,7 @@ class RAM(Tier):
             if isinstance(state.tape, SparseTape)
             else (state.last_access >= 0)
         )
-        fresh = self._sparse_state(memory, written, state.last_access.clone())
+        fresh = self._sparse_state(memory, written, state.last_access.to(memory.device).clone())
         return fresh._replace(
             read_weights=state.read_weights.detach().clone(),
             read_indices=state.read_indices.clone(),

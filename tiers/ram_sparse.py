@@ -11,15 +11,16 @@ Per step, with named dimensions B batch, N slots, W width, R read heads, K neigh
                 recently used row is the one accessed longest ago (never-used rows first).
 
 The memory is a buffer updated in place: only the written rows change, and only their old
-and new contents are recorded (O(K W) per step). Backward runs through two autograd
-Functions chained by a scalar ``token`` so that autograd visits the steps strictly in
-reverse: ``_GatherRows`` adds the read rows' gradients to a dense gradient accumulator,
-``_WriteRows`` turns dM_t into dM_{t-1} on the written rows and restores their old
-contents (the sparse rollback). When the first step of a segment has been processed, the
-writes are replayed, so after backward the buffer holds the latest memory again.
+contents are saved for backward (O(K W) per step), with the rows each read gathered.
+Backward runs through two autograd Functions chained by a scalar ``token`` so that autograd
+visits the steps strictly in reverse: ``_GatherRows`` adds the read rows' gradients to a
+dense gradient accumulator dM, and ``_WriteRows`` rolls that gradient back through the
+write, turning dM_t into dM_{t-1} on the written rows from their saved old contents (the
+sparse rollback, done on the gradient). Backward never reads or changes the buffer, so after
+backward it still holds the newest memory.
 
 Documented state contract: the buffer is shared by all states of a sequence; only the
-newest state is valid to continue from (to branch a sequence, ``RAM.clone_state`` it).
+newest state is valid to continue from (to branch a sequence, ``RAM.rebuild_state`` it).
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.flo
 
 
 class Segment:
-    """The writes of one stretch of a sequence between detaches, for the rollback."""
+    """One stretch of a sequence between detaches: its recorded steps share a gradient
+    accumulator, cleared once backward has gone back to the segment's first step."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # rows, valid, old, new
-        self.applied = 0  # how many records are applied to the buffer
+        self.steps = 0  # writes recorded for backward
         self.touched: list[Tensor] = []  # flat row ids whose gradient rows must be cleared
 
 
@@ -93,6 +94,9 @@ class UsageTracker:
         for row in rows:
             self.last[b][row] = time
             heapq.heappush(self.heaps[b], (time, row))
+        if len(self.heaps[b]) > 4 * len(self.last[b]) + 64:  # drop stale entries
+            self.heaps[b] = [(t, row) for row, t in self.last[b].items()]
+            heapq.heapify(self.heaps[b])
 
 
 class SparseTape(Opaque):
@@ -135,20 +139,6 @@ class SparseTape(Opaque):
         index = rows.clamp_min(0).unsqueeze(-1).expand(-1, -1, self.memory.shape[-1])
         return self.memory.gather(1, index)
 
-    def rollback_to(self, segment: Segment, position: int) -> None:
-        """Undo applied records of ``segment`` until ``position`` remain."""
-        while segment.applied > position:
-            segment.applied -= 1
-            rows, valid, old, _ = segment.records[segment.applied]
-            self.put(rows, valid, old)
-
-    def replay(self, segment: Segment) -> None:
-        """Redo all records of ``segment``: the buffer holds its newest memory again."""
-        while segment.applied < len(segment.records):
-            rows, valid, _, new = segment.records[segment.applied]
-            self.put(rows, valid, new)
-            segment.applied += 1
-
     def accumulator(self) -> Tensor:
         """The dense gradient of the memory, dM, kept across backward passes.
 
@@ -176,20 +166,17 @@ class _WriteRows(torch.autograd.Function):
             -1
         ) * add.unsqueeze(1)
         tape.put(rows, valid, new)
-        record = any(ctx.needs_input_grad)
-        if record:
-            segment.records.append((rows, valid, old, new))
-            segment.applied = len(segment.records)
-        ctx.tape, ctx.segment, ctx.position = tape, segment, len(segment.records) - 1
-        ctx.save_for_backward(weights, erase, add, old, new, rows, valid)
+        ctx.tape, ctx.segment, ctx.position = tape, segment, segment.steps
+        if any(ctx.needs_input_grad):
+            segment.steps += 1
+            ctx.save_for_backward(weights, erase, add, old, rows, valid)
         return token.detach() + 0.0
 
     @staticmethod
     def backward(ctx, grad_token):  # type: ignore[override]
-        weights, erase, add, old, _, rows, valid = ctx.saved_tensors
+        weights, erase, add, old, rows, valid = ctx.saved_tensors
         tape, segment = ctx.tape, ctx.segment
-        tape.rollback_to(segment, ctx.position + 1)  # the buffer now holds M_t
-        accumulator = tape.accumulator()
+        accumulator = tape.accumulator()  # holds dM_t on the rows that matter here
         flat = tape.flat_rows(rows)
         grad_new = accumulator.view(-1, accumulator.shape[-1])[flat.clamp_min(0)]  # (B, S, W)
         grad_new = grad_new * valid.unsqueeze(-1)
@@ -200,10 +187,8 @@ class _WriteRows(torch.autograd.Function):
         grad_erase = -(grad_new * old * w).sum(1)
         grad_add = (grad_new * w).sum(1)
         accumulator.view(-1, accumulator.shape[-1]).index_copy_(0, flat[valid], grad_old[valid])
-        segment.touched.append(flat[valid])
-        tape.rollback_to(segment, ctx.position)  # the buffer now holds M_{t-1}
-        if ctx.position == 0:  # the whole segment is done: clean up and restore M_T
-            tape.replay(segment)
+        segment.touched.append(flat[valid])  # the accumulator now holds dM_{t-1} there
+        if ctx.position == 0:  # back at the segment's first step: clear for the next pass
             for touched in segment.touched:
                 accumulator.view(-1, accumulator.shape[-1]).index_fill_(0, touched, 0.0)
             segment.touched.clear()

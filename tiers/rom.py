@@ -172,7 +172,8 @@ class ROM(Tier):
         return ROMState(clock=torch.zeros(B, device=device, dtype=torch.long))
 
     def search(self, queries: Tensor) -> Tensor:
-        """Row indices (B, R, K) of the most similar keys to ``queries`` (B, R, Dk)."""
+        """Row indices (B, R, K) of the most similar keys to ``queries`` (B, R, Dk); -1
+        where the index found fewer than K."""
         K = min(self.k, self.rows)
         with torch.no_grad():
             flat = normalize_rows(queries.detach()).reshape(-1, self.key_width)
@@ -200,12 +201,16 @@ class ROM(Tier):
         B, R, Dk = interface.shape[0], self.read_heads, self.key_width
         queries, strengths = torch.split(interface, [R * Dk, R], dim=-1)
         queries = queries.reshape(B, R, Dk)
-        rows = self.search(queries)  # (B, R, K)
+        found = self.search(queries)  # (B, R, K), -1 where nothing was found
+        rows = found.clamp_min(0)
         keys = self.unit_keys[rows].to(interface.dtype)  # (B, R, K, Dk), constants
         similarity = torch.einsum("brd,brkd->brk", queries, keys) / (
             safe_norm(queries).unsqueeze(-1) + 1e-6
         )
-        weights = torch.softmax(oneplus(strengths).unsqueeze(-1) * similarity, dim=-1)
+        scores = (oneplus(strengths).unsqueeze(-1) * similarity).masked_fill(
+            found < 0, float("-inf")
+        )
+        weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
         values = self.fetch_values(rows).to(interface.dtype)  # (B, R, K, Dv), constants
         read = torch.einsum("brk,brkv->brv", weights, values)
         if self.projection is not None:
@@ -225,23 +230,18 @@ class ROM(Tier):
                 "value_width": self.value_width}  # fmt: skip
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        try:
-            kv = KVStore.open(state["store"], mode="r")
-        except StoreError as error:
-            raise StoreError(
-                f"ROM '{self.name}': the checkpoint's store {state['store']!r} cannot be "
-                f"opened: {error}"
-            ) from error
-        if kv.rows < state["rows"]:
+        """Check that the store this ROM reads matches the one the checkpoint was trained
+        on: at least as many rows and the same widths (the URL may differ: stores move)."""
+        if self.rows < state["rows"]:
             raise StoreError(
                 f"ROM '{self.name}': the checkpoint was trained on {state['rows']} rows of "
-                f"{state['store']!r}, but the store now has only {kv.rows}"
+                f"{state['store']!r}, but the store {self.store_url!r} has only {self.rows}"
             )
-        if (kv.key_width, kv.value_width) != (state["key_width"], state["value_width"]):
+        if (self.key_width, self.value_width) != (state["key_width"], state["value_width"]):
             raise StoreError(
                 f"ROM '{self.name}': the checkpoint expects key/value widths "
-                f"({state['key_width']}, {state['value_width']}) in {state['store']!r}, "
-                f"the store has ({kv.key_width}, {kv.value_width})"
+                f"({state['key_width']}, {state['value_width']}) (store {state['store']!r}); "
+                f"the store {self.store_url!r} has ({self.key_width}, {self.value_width})"
             )
 
     def extra_repr(self) -> str:

@@ -162,3 +162,15 @@ def test_rom_build_and_info_from_npz_and_pt(tmp_path, capsys):
                      str(tmp_path / "short.npy"), "--out", str(tmp_path / "x")]) == 2  # fmt: skip
     assert "300 keys but 10 values" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x.building-*"))
+
+
+def test_rom_build_refuses_to_replace_a_remote_store_without_overwrite(tmp_path, capsys):
+    keys = np.ones((4, 3), dtype=np.float32)
+    np.save(tmp_path / "k.npy", keys)
+    url = "memory://tiered-test-remote-build"
+    args = ["build", "--keys", str(tmp_path / "k.npy"), "--values", str(tmp_path / "k.npy"),
+            "--out", url, "--index", "none"]  # fmt: skip
+    assert rom_main([*args, "--overwrite"]) == 0
+    assert rom_main(args) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert KVStore.open(url).rows == 4

@@ -200,3 +200,28 @@ def test_shipped_sweeps_expand_and_every_variant_instantiates(sweep, tmp_path, m
     for run in first_of_each.values():
         cli = make_cli([*run.args, "--trainer.logger", "false"], run=False)
         assert cli.model.controller.input_size == cli.datamodule.input_size
+
+
+def test_report_ranks_nan_metrics_and_unfinished_variants_last():
+    from tiered.sweeps.report import summarize
+
+    records = [
+        {"variant": "a", "state": "finished", "metric": float("nan"), "wall_s": None},
+        {"variant": "a", "state": "finished", "metric": 3.0, "wall_s": None},
+        {"variant": "b", "state": "failed", "metric": None, "wall_s": None},
+        {"variant": "c", "state": "finished", "metric": 0.5, "wall_s": None},
+    ]
+    assert [r["variant"] for r in summarize(records, "min")] == ["c", "a", "b"]
+    assert [r["variant"] for r in summarize(records, "max")] == ["a", "c", "b"]
+    assert summarize(records, "min")[1]["not_finite"] == 1
+
+
+def test_a_folder_made_by_another_sweep_is_not_reused(tmp_path, capsys):
+    content = dict(base=[str(STACKS / "register.yaml")], grid={}, seeds=[0],
+                   metric={"name": "val/task_loss", "mode": "min"})  # fmt: skip
+    path = write_sweep(tmp_path, **content, args=["--trainer.max_steps", "5"])
+    run_dir = tmp_path / "out" / "base,seed=0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"state": "finished", "args": ["--other"]}))
+    assert sweep_main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "was made with other arguments" in capsys.readouterr().err

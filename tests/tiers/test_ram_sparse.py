@@ -210,3 +210,40 @@ def test_faiss_after_many_incremental_updates_agrees_with_a_fresh_index():
     assert torch.equal(incremental, rebuilt)
     assert torch.equal(incremental, exact)
     assert isinstance(fresh, SparseRAMState) and int(state.tape.in_use[0]) > 1
+
+
+def test_backward_over_two_segments_leaves_the_buffer_and_matches_the_reference():
+    ram = RAM(N, W, read_heads=R, k=N, sparse=True, index="exact").double()
+    interfaces = torch.randn(B, 8, ram.interface_size, dtype=torch.float64, requires_grad=True)
+    state = ram.initial_state(B, dtype=torch.float64)
+    reference = reference_initial_state(B, N, W, R, torch.float64)
+    sparse_reads, reference_reads = [], []
+    for t in range(8):
+        if t == 4:  # truncate both the same way
+            state = detach_state(state)
+            reference = reference._replace(
+                memory=reference.memory.detach(), read_weights=reference.read_weights.detach()
+            )
+        read, state, _ = ram(interfaces[:, t], state)
+        sparse_reads.append(read)
+        read, reference = reference_step(
+            interfaces[:, t], reference, width=W, read_heads=R, k=N, time=t
+        )
+        reference_reads.append(read)
+    before = state.memory.clone()
+    g = torch.randn(B, 8, R * W, dtype=torch.float64)
+    (grad_sparse,) = torch.autograd.grad(torch.stack(sparse_reads, 1), interfaces, g)
+    (grad_reference,) = torch.autograd.grad(torch.stack(reference_reads, 1), interfaces, g)
+    assert torch.equal(state.memory, before)
+    torch.testing.assert_close(grad_sparse, grad_reference)
+    assert state.tape.grad.abs().max() == 0  # the accumulator is clean for the next pass
+
+
+def test_the_lru_heap_stays_bounded_over_long_sequences():
+    ram = RAM(4096, 4, read_heads=2, k=4, sparse=True, index="exact")
+    state = ram.initial_state(1)
+    with torch.no_grad():
+        for _ in range(150):
+            _, state, _ = ram(torch.randn(1, ram.interface_size), state)
+    usage = state.tape.usage
+    assert len(usage.heaps[0]) <= 4 * len(usage.last[0]) + 64 + 16

@@ -96,23 +96,13 @@ def test_checkpoints_record_the_store_and_reject_a_changed_one(store, tmp_path):
                                              "value_width": DV}  # fmt: skip
     controller.load_state_dict(saved)  # the same store: fine
     shorter = dict(saved, **{"tiers.0._extra_state": dict(saved["tiers.0._extra_state"], rows=999)})
-    with pytest.raises(StoreError, match="trained on 999 rows .* only 257"):
+    with pytest.raises(StoreError, match="trained on 999 rows .* has only 257"):
         controller.load_state_dict(shorter)
     wide = dict(saved, **{"tiers.0._extra_state": dict(saved["tiers.0._extra_state"], key_width=7)})
     with pytest.raises(StoreError, match=r"expects key/value widths \(7, 3\)"):
         controller.load_state_dict(wide)
-    gone = dict(
-        saved,
-        **{
-            "tiers.0._extra_state": dict(
-                saved["tiers.0._extra_state"], store=str(tmp_path / "gone")
-            )
-        },
-    )
-    with pytest.raises(StoreError, match="cannot be opened"):
-        controller.load_state_dict(gone)
     with pytest.raises(StoreError, match="does not exist"):
-        ROM(str(tmp_path / "gone"))
+        ROM(str(tmp_path / "gone"))  # a checkpoint's config naming a missing store fails here
 
 
 def test_rom_in_a_controller_trains_end_to_end(store):

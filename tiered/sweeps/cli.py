@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM to the sweep is handled like Ctrl-C: the runs in flight are stopped."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``tiered sweep``; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -57,6 +63,15 @@ def main(argv: list[str]) -> int:
             print(f"{run.name}\t{state}\ttiered fit {' '.join(run.args)}")
         print(f"{len(runs)} runs in {out}")
         return 0
+    for run in runs:  # a folder made by another sweep must not be reused silently
+        previous = read_status(out / run.name).get("args")
+        if previous is not None and previous != list(run.args):
+            print(
+                f"error: {out / run.name} was made with other arguments than this sweep gives "
+                f"it ({' '.join(previous)}); use another --out or remove the folder",
+                file=sys.stderr,
+            )
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec.path, out / "sweep.yaml")
     (out / "runs.json").write_text(
@@ -64,6 +79,7 @@ def main(argv: list[str]) -> int:
     )
     todo = [run for run in runs if read_status(out / run.name).get("state") != "finished"]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.backend == "ray":
             results = run_ray(spec, todo, out, args.address, args.num_cpus)
@@ -72,6 +88,8 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"sweep: stopped; run the same command again to resume ({out})", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     failed = sum(status.get("state") != "finished" for status in results)
     print(
         f"sweep: done; {failed} of {len(todo)} runs did not finish. "

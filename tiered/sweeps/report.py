@@ -8,6 +8,7 @@ final metric per variant with its standard deviation).
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,11 @@ def summarize(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     rows = []
     for variant in sorted({r["variant"] for r in records}):
         mine = [r for r in records if r["variant"] == variant]
-        values = [r["metric"] for r in mine if r["state"] == "finished" and r["metric"] is not None]
+        values = [
+            r["metric"]
+            for r in mine
+            if r["state"] == "finished" and r["metric"] is not None and math.isfinite(r["metric"])
+        ]
         walls = [r["wall_s"] for r in mine if r["state"] == "finished" and r["wall_s"] is not None]
         rows.append(
             {
@@ -54,13 +59,18 @@ def summarize(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
                 "finished": sum(r["state"] == "finished" for r in mine),
                 "failed": sum(r["state"] == "failed" for r in mine),
+                "not_finite": sum(
+                    r["state"] == "finished"
+                    and (r["metric"] is None or not math.isfinite(r["metric"]))
+                    for r in mine
+                ),
                 "other": sum(r["state"] not in ("finished", "failed") for r in mine),
                 "wall_s": statistics.fmean(walls) if walls else None,
             }
         )
-    worst = float("inf") if mode == "min" else float("-inf")
     sign = 1 if mode == "min" else -1
-    return sorted(rows, key=lambda r: sign * (r["mean"] if r["mean"] is not None else sign * worst))
+    # best first; variants without a finite mean last
+    return sorted(rows, key=lambda r: (r["mean"] is None, sign * (r["mean"] or 0.0)))
 
 
 def differences(rows: list[dict[str, Any]], metric: str, mode: str) -> list[str]:

@@ -93,12 +93,15 @@ def run_one(run: Run, out_dir: str, metric: str, threads: int = 1) -> dict[str, 
     status = read_status(run_dir)
     if status.get("state") == "finished":
         return status
+    if _stopping.is_set():  # Ctrl-C arrived before this run started
+        return {"state": "interrupted", "error": "not started: the sweep was stopped"}
     attempts = int(status.get("attempts", 0)) + 1
     command = fit_command(run, run_dir)
     resumed = "--ckpt_path" in command
     started = time.time()
     write_status(run_dir, {"state": "running", "attempts": attempts, "resumed": resumed,
-                           "command": command, "started": started})  # fmt: skip
+                           "args": list(run.args), "command": command,
+                           "started": started})  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(run_dir / "log.txt", "a") as log:
         log.write(f"\n=== attempt {attempts}: {' '.join(command)}\n")
@@ -108,18 +111,26 @@ def run_one(run: Run, out_dir: str, metric: str, threads: int = 1) -> dict[str, 
         )
         with _children_lock:
             _children.add(child)
+        if _stopping.is_set():  # stopped between the check above and the start
+            os.killpg(child.pid, signal.SIGTERM)
         try:
             code = child.wait()
+        except KeyboardInterrupt:  # a Ray task cancelled: stop the training process too
+            os.killpg(child.pid, signal.SIGTERM)
+            code = child.wait()
+            _stopping.set()
         finally:
             with _children_lock:
                 _children.discard(child)
     curve = metric_curve(run_dir, metric)
-    status = {"attempts": attempts, "resumed": resumed, "command": command,
-              "returncode": code, "started": started, "finished": time.time()}  # fmt: skip
-    if code == 0:
-        status.update(state="finished", metric=curve[-1][1] if curve else None)
-    elif _stopping.is_set() or code in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL):
+    status = {"attempts": attempts, "resumed": resumed, "args": list(run.args),
+              "command": command, "returncode": code, "started": started,
+              "finished": time.time()}  # fmt: skip
+    # Stopped runs first: Lightning turns SIGTERM into a clean exit with code 0.
+    if _stopping.is_set() or code in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL):
         status.update(state="interrupted", error=f"stopped (exit code {code})")
+    elif code == 0:
+        status.update(state="finished", metric=curve[-1][1] if curve else None)
     else:
         tail = (run_dir / "log.txt").read_text()[-4000:]
         status.update(state="failed", error=_last_error(tail))
@@ -200,13 +211,16 @@ def run_ray(
                 try:
                     status = ray.get(ref)
                 except Exception as error:  # a worker lost: record it, go on
-                    status = {"state": "failed", "error": f"ray: {error}"}
+                    status = {"state": "failed", "error": f"ray: {error}", "args": list(run.args)}
+                    (out_dir / run.name).mkdir(parents=True, exist_ok=True)
                     write_status(out_dir / run.name, status)
                 results.append(status)
                 print(f"[{run.name}] {status['state']} {_metric_text(spec, status)}", flush=True)
     except KeyboardInterrupt:
+        # Non-forced cancel raises KeyboardInterrupt in the task, whose run_one then
+        # stops its training process; force would kill the worker and orphan it.
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref, force=False)
         raise
     finally:
         if started_here:
