@@ -260,7 +260,8 @@ class TieredModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
+            # val/loss exists only after a validation: skip the steps before it.
+            config.update(monitor="val/loss", strict=False)
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def configure_gradient_clipping(
