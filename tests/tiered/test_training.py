@@ -147,3 +147,29 @@ def test_evaluation_sampler_pads_so_every_rank_gets_a_batch():
     for rank, sampler in enumerate(ranks):
         sampler.num_replicas, sampler.rank, sampler.num_samples = 2, rank, 2
     assert [list(s) for s in ranks] == [[0, 2], [1, 0]]
+
+
+@pytest.mark.parametrize("tbptt_steps", [None, 3])
+def test_schedulers_step_per_optimizer_step_and_plateau_waits_for_val_loss(tbptt_steps):
+    from functools import partial
+
+    task = Copy(lengths=(2, 3), batch_size=2, train_batches=4, val_batches=1)
+    controller = LSTMController(9, 8, Register(6), [Cache(3, 4)])
+    step = TieredModule(
+        controller,
+        optimizer=partial(torch.optim.SGD, lr=1.0),
+        scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+        tbptt_steps=tbptt_steps,
+    )
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(step, task)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.5**trainer.global_step)
+    plateau = TieredModule(
+        LSTMController(9, 8, Register(6), [Cache(3, 4)]),
+        scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0),
+        tbptt_steps=tbptt_steps,
+    )
+    L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(plateau, task)  # fmt: skip
