@@ -1,6 +1,7 @@
-"""Memory tiers: Register, Cache, RAM (dense or sparse) and ROM (read-only, zarr)."""
+"""Memory tiers: Register, Cache, RAM (dense or sparse), ROM (read-only) and Disk (zarr)."""
 
 from tiered.tiers.cache import Cache, CacheState
+from tiered.tiers.disk import Disk, DiskState
 from tiered.tiers.ram import RAM, RAMState
 from tiered.tiers.ram_sparse import SparseRAMState
 from tiered.tiers.register import Register, RegisterState
@@ -11,6 +12,8 @@ __all__ = [
     "ROM",
     "Cache",
     "CacheState",
+    "Disk",
+    "DiskState",
     "RAMState",
     "ROMState",
     "Register",

@@ -1,0 +1,104 @@
+"""Disk: appends on ticks, reads by kNN, persists across runs, one shard per rank."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tiered.controllers import LSTMController
+from tiered.storage import KVStore, StoreError
+from tiered.tiers import Disk, Register
+
+DK, DV, R = 4, 3, 2
+
+
+def _interface(disk: Disk, queries, strength, keys, values) -> torch.Tensor:
+    B = keys.shape[0]
+    return torch.cat(
+        [queries.reshape(B, -1), torch.full((B, R), float(strength)), keys, values], dim=1
+    ).double()
+
+
+def test_appends_on_ticks_and_reads_back_by_key(tmp_path):
+    disk = Disk(str(tmp_path / "disk"), DK, DV, k=4, read_heads=R, period=2).double()
+    state = disk.initial_state(3)
+    keys = torch.eye(DK)[:3].double() * 5  # three distinct directions
+    values = torch.arange(9, dtype=torch.float64).reshape(3, DV)
+    queries = keys.unsqueeze(1).expand(3, R, DK)
+    writes = []
+    for _ in range(4):  # ticks at steps 0 and 2: 6 rows
+        read, state, stats = disk(_interface(disk, queries, 5000.0, keys, values), state)
+        writes.append(stats.writes[0].item())
+    assert writes == [1.0, 0.0, 1.0, 0.0] and disk.rows == 6
+    torch.testing.assert_close(read.reshape(3, R, DV), values.unsqueeze(1).expand(3, R, DV))
+    assert (stats.rewrite == 0).all() and stats.slots_in_use[0] == 6
+
+
+def test_a_new_run_sees_what_the_last_one_wrote(tmp_path):
+    first = Disk(str(tmp_path / "disk"), DK, DV, period=1)
+    first(torch.randn(5, first.interface_size), first.initial_state(5))
+    second = Disk(str(tmp_path / "disk"), DK, DV, period=1)
+    assert second.rows == 5
+    with pytest.raises(StoreError, match=r"widths \(4, 3\), the tier was given \(4, 2\)"):
+        _ = Disk(str(tmp_path / "disk"), DK, 2).rows
+
+
+def test_gradients_reach_the_queries_not_the_written_rows(tmp_path):
+    disk = Disk(str(tmp_path / "disk"), DK, DV, k=3, read_heads=R, period=1).double()
+    interface = torch.randn(4, disk.interface_size, dtype=torch.float64, requires_grad=True)
+    read, _, _ = disk(interface, disk.initial_state(4))
+    read.sum().backward()
+    written = interface.grad[:, R * (DK + 1) :]
+    assert written.abs().max() == 0
+    assert interface.grad[:, : R * DK].abs().sum() > 0
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, torch
+    from tiered.tiers import Disk
+    disk = Disk(sys.argv[1], 4, 3, period=1, rank=int(sys.argv[2]))
+    state = disk.initial_state(2)
+    for _ in range(25):
+        _, state, _ = disk(torch.full((2, disk.interface_size), float(sys.argv[2]) + 1), state)
+    print(disk.own.rows)
+    """
+)
+
+
+def test_each_rank_appends_to_its_own_shard_and_everyone_reads_all(tmp_path):
+    store = str(tmp_path / "disk")
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, store, str(rank)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [w.communicate(timeout=300) for w in writers]
+    assert all(w.returncode == 0 for w in writers), outputs
+    assert [int(out) for out, _ in outputs] == [50, 50]
+    for rank in (0, 1):
+        shard = KVStore.open(f"{store}/rank-{rank}")
+        assert shard.rows == 50 and (shard.read_values() == rank + 1).all()
+    assert Disk(store, 4, 3).rows == 100
+
+
+def test_checkpoints_record_the_rows_and_reject_a_shorter_store(tmp_path):
+    disk = Disk(str(tmp_path / "disk"), DK, DV, period=1)
+    controller = LSTMController(3, 2, Register(5), [disk])
+    controller(torch.randn(2, 3, 3))
+    saved = controller.state_dict()
+    assert saved["tiers.0._extra_state"]["rows"] == 6
+    fresh = LSTMController(3, 2, Register(5), [Disk(str(tmp_path / "other"), DK, DV)])
+    with pytest.raises(StoreError, match="saw 6 rows .* has only 0"):
+        fresh.load_state_dict(saved)
+    out = controller(torch.randn(2, 4, 3))
+    out.output.sum().backward()
+    assert (out.aux["disk"].writes == 1).all()

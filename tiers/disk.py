@@ -1,0 +1,255 @@
+"""Disk: long-term memory appended at a slow clock, kept across episodes and runs.
+
+On each of its ticks the Disk appends one row (key, value) per batch element to a zarr
+key/value store (``tiered.storage``); every step each read head reads it by kNN, like the
+ROM: w = softmax_k(beta * cos(q, key_k)), r = sum_k w_k value_k. The store persists: a new
+run pointed at the same store sees what earlier runs wrote.
+
+Shared memory, explicit rules:
+    - The store is shared across the batch and across sequences: it is the point of a disk.
+      Per-sequence state is only the clock.
+    - Appended rows are constants (the keys and values are detached): gradients reach the
+      queries and strengths of reads, not what was written. Nothing is ever overwritten, so
+      ``rewrite`` is 0; ``writes`` counts rows appended.
+    - Ranks: the store is a folder of shards ``rank-<r>``. Each process appends only to its
+      own shard (its torch.distributed rank, or ``rank``), and reads every shard as it was
+      when the Disk first ran, plus its own appends. Shards are crash-safe stores, so a
+      killed process never leaves a partial row.
+    - Search is exact (matmul + top-k over all rows held in memory); keys are held in
+      memory, values are read through an LRU cache.
+
+Named dimensions: B batch, R read heads, K neighbours, Dk key width, Dv value width.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from tiered.knn import normalize_rows
+from tiered.storage import KVStore, StoreError
+from tiered.tier import Tier, TierOutput, TierStats, write_ticks
+from tiered.tiers.addressing import oneplus, safe_norm
+from tiered.tiers.rom import ValueCache
+from tiered.validation import check_positive_int
+
+
+class DiskState(NamedTuple):
+    """The Disk keeps nothing per sequence but its clock (B,)."""
+
+    clock: Tensor
+
+
+def shard_url(store: str, rank: int) -> str:
+    """The URL of ``rank``'s shard inside the store folder."""
+    return f"{store.rstrip('/')}/rank-{rank}"
+
+
+class Disk(Tier):
+    """Persistent, append-only memory read by kNN.
+
+    Args:
+        store: folder path or fsspec URL of the store (created when missing).
+        key_width: Dk.
+        value_width: Dv.
+        k: rows each read head retrieves.
+        read_heads: read heads R.
+        cache_rows: capacity of each shard's LRU cache of values.
+        rank: the shard this process appends to; None uses the torch.distributed rank
+            (0 without DDP).
+        rewrite_penalty: accepted for the tier contract; appends never overwrite, so the
+            rewrite is always 0.
+        period: the Disk appends on every ``period``-th step (a slow clock); reads are
+            served every step.
+        name: the tier's name in logs; defaults to ``"disk"``.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        key_width: int,
+        value_width: int,
+        k: int = 8,
+        read_heads: int = 1,
+        cache_rows: int = 65536,
+        rank: int | None = None,
+        rewrite_penalty: float = 0.0,
+        period: int = 16,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(rewrite_penalty=rewrite_penalty, period=period, name=name)
+        self.store_url = str(store)
+        self.key_width = check_positive_int("Disk", "key_width", key_width)
+        self.value_width = check_positive_int("Disk", "value_width", value_width)
+        self.k = check_positive_int("Disk", "k", k)
+        self.read_heads = check_positive_int("Disk", "read_heads", read_heads)
+        self.cache_rows = check_positive_int("Disk", "cache_rows", cache_rows)
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise ValueError(f"Disk: rank must be a non-negative integer or None, got {rank!r}")
+        self.fixed_rank = rank
+        self._opened = False  # shards open lazily: the DDP rank is known only at run time
+
+    # ------------------------------------------------------------------ shards
+    def _open(self) -> None:
+        """Open every shard (creating this rank's), and load all keys into memory."""
+        if self._opened:
+            return
+        if self.fixed_rank is not None:
+            self.rank = self.fixed_rank
+        else:
+            self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        own = shard_url(self.store_url, self.rank)
+        try:
+            self.own = KVStore.open(own, mode="a")
+        except StoreError:
+            self.own = KVStore.create(own, self.key_width, self.value_width)
+        if (self.own.key_width, self.own.value_width) != (self.key_width, self.value_width):
+            raise StoreError(
+                f"Disk '{self.name}': store {own!r} has key/value widths "
+                f"({self.own.key_width}, {self.own.value_width}), the tier was given "
+                f"({self.key_width}, {self.value_width})"
+            )
+        self.shards: list[KVStore] = []
+        for url in self._shard_urls():
+            shard = self.own if url == own else KVStore.open(url, mode="r")
+            if (shard.key_width, shard.value_width) == (self.key_width, self.value_width):
+                self.shards.append(shard)
+        self.caches = [ValueCache(shard, self.cache_rows) for shard in self.shards]
+        keys, owners, rows = [], [], []
+        for index, shard in enumerate(self.shards):
+            n = shard.rows
+            if n:
+                keys.append(normalize_rows(torch.from_numpy(shard.read_keys())))
+                owners.append(torch.full((n,), index, dtype=torch.long))
+                rows.append(torch.arange(n))
+        self.keys = torch.cat(keys) if keys else torch.zeros(0, self.key_width)
+        self.owner = torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long)
+        self.local_row = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        self.own_index = self.shards.index(self.own)
+        self._opened = True
+
+    def _shard_urls(self) -> list[str]:
+        if "://" in self.store_url:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(self.store_url)
+            names = (
+                [p.rstrip("/").split("/")[-1] for p in fs.ls(path, detail=False)]
+                if fs.exists(path)
+                else []
+            )
+        else:
+            from pathlib import Path
+
+            folder = Path(self.store_url)
+            names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        names = sorted(n for n in names if n.startswith("rank-"))
+        return [f"{self.store_url.rstrip('/')}/{n}" for n in names]
+
+    @property
+    def rows(self) -> int:
+        """Rows this Disk can read now (all shards at open, plus its own appends)."""
+        self._open()
+        return int(self.keys.shape[0])
+
+    # -------------------------------------------------------------- the contract
+    @property
+    def interface_size(self) -> int:
+        return self.read_heads * (self.key_width + 1) + self.key_width + self.value_width
+
+    @property
+    def read_size(self) -> int:
+        return self.read_heads * self.value_width
+
+    def initial_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> DiskState:
+        B = check_positive_int("Disk", "batch_size", batch_size)
+        return DiskState(clock=torch.zeros(B, device=device, dtype=torch.long))
+
+    def append(self, keys: Tensor, values: Tensor) -> None:
+        """Append rows (n, Dk) and (n, Dv) to this rank's shard and to the in-memory index."""
+        self._open()
+        start = self.own.rows
+        self.own.append(keys.detach().float().cpu().numpy(), values.detach().float().cpu().numpy())
+        n = keys.shape[0]
+        self.keys = torch.cat([self.keys, normalize_rows(keys.detach().float().cpu())])
+        self.owner = torch.cat([self.owner, torch.full((n,), self.own_index, dtype=torch.long)])
+        self.local_row = torch.cat([self.local_row, torch.arange(start, start + n)])
+
+    def forward(self, interface: Tensor, state: DiskState) -> TierOutput:
+        """Append on ticks (one row per batch element), then read by kNN."""
+        self.check_interface(interface, state.clock)
+        self._open()
+        B, R, Dk, Dv = interface.shape[0], self.read_heads, self.key_width, self.value_width
+        queries, strengths, write_keys, write_values = torch.split(
+            interface, [R * Dk, R, Dk, Dv], dim=-1
+        )
+        tick = write_ticks(state.clock, self.period)  # (B,)
+        if bool(tick.any()):
+            self.append(write_keys[tick], write_values[tick])
+        queries = queries.reshape(B, R, Dk)
+        if self.rows == 0:
+            words = interface.new_zeros(B, R * Dv)
+        else:
+            words = self._read(queries, oneplus(strengths)).reshape(B, -1)
+        zero = interface.new_zeros(B)
+        stats = TierStats(
+            rewrite=zero,
+            reads=interface.new_full((B,), float(R)),
+            writes=tick.to(interface.dtype),
+            slots_in_use=interface.new_full((B,), float(self.rows)),
+        )
+        return TierOutput(words, DiskState(state.clock + 1), stats)
+
+    def _read(self, queries: Tensor, strengths: Tensor) -> Tensor:
+        """(B, R, Dv) reads over the K most similar rows of every shard."""
+        K = min(self.k, self.rows)
+        with torch.no_grad():
+            unit = normalize_rows(queries.detach()).float().cpu().reshape(-1, self.key_width)
+            top = torch.topk(unit @ self.keys.T, K, dim=-1).indices  # (B R, K)
+        keys = self.keys[top].to(queries).reshape(*queries.shape[:2], K, -1)  # constants
+        values = self._values(top).to(queries).reshape(*queries.shape[:2], K, -1)
+        similarity = torch.einsum("brd,brkd->brk", queries, keys) / (
+            safe_norm(queries).unsqueeze(-1) + 1e-6
+        )
+        weights = torch.softmax(strengths.unsqueeze(-1) * similarity, dim=-1)
+        return torch.einsum("brk,brkv->brv", weights, values)
+
+    def _values(self, rows: Tensor) -> Tensor:
+        """Values of global rows (any shape), fetched per shard through the caches."""
+        flat = rows.reshape(-1)
+        out = torch.empty(flat.shape[0], self.value_width)
+        owners = self.owner[flat]
+        for index in owners.unique().tolist():
+            mask = owners == index
+            local = self.local_row[flat[mask]].numpy()
+            out[mask] = torch.from_numpy(self.caches[index].get(local))
+        return out.reshape(*rows.shape, self.value_width)
+
+    # ---- checkpoints record the store and its rows, not its contents
+    def get_extra_state(self) -> dict[str, Any]:
+        self._open()
+        return {"store": self.store_url, "rank": self.rank, "rows": self.own.rows,
+                "key_width": self.key_width, "value_width": self.value_width}  # fmt: skip
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._open()
+        if state["rank"] == self.rank and self.own.rows < state["rows"]:
+            raise StoreError(
+                f"Disk '{self.name}': the checkpoint saw {state['rows']} rows in shard "
+                f"{shard_url(state['store'], state['rank'])!r}, but "
+                f"{shard_url(self.store_url, self.rank)!r} has only {self.own.rows}"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"store={self.store_url!r}, key_width={self.key_width}, "
+            f"value_width={self.value_width}, k={self.k}, " + super().extra_repr()
+        )
