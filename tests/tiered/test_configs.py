@@ -28,8 +28,7 @@ def test_every_shipped_yaml_is_covered_by_a_test():
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
-def test_task_and_stack_instantiate_with_linked_sizes(task, stack, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_task_and_stack_instantiate_with_linked_sizes(task, stack, lookup_store_in_cwd):
     cli = make_cli(["--config", str(task), "--config", str(stack), *QUIET], run=False)
     assert isinstance(cli.model, TieredModule)
     assert isinstance(cli.datamodule, SequenceTask)

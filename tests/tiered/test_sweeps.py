@@ -192,8 +192,7 @@ def test_every_yaml_under_sweeps_is_a_sweep_or_one_of_its_values():
 
 
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.stem)
-def test_shipped_sweeps_expand_and_every_variant_instantiates(sweep, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_shipped_sweeps_expand_and_every_variant_instantiates(sweep, lookup_store_in_cwd):
     runs = load_sweep(sweep).runs()
     first_of_each = {run.variant: run for run in reversed(runs)}
     assert len(runs) == len(first_of_each) * 3  # three seeds

@@ -173,3 +173,28 @@ def test_schedulers_step_per_optimizer_step_and_plateau_waits_for_val_loss(tbptt
     )
     L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(plateau, task)  # fmt: skip
+
+
+def test_key_value_lookup_reads_a_store_in_forked_dataloader_workers(tmp_path):
+    import numpy as np
+
+    from tiered.storage import KVStore
+    from tiered.tasks import KeyValueLookup
+
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((50, 6)).astype(np.float32)
+    values = np.sign(rng.standard_normal((50, 3))).astype(np.float32)
+    KVStore.create(tmp_path / "kv", 6, 3).append(keys, values)
+    task = KeyValueLookup(str(tmp_path / "kv"), queries=4, batch_size=5, train_batches=6,
+                          num_workers=2)  # fmt: skip
+    single = task.make_batch("train", 2)  # opens the store in this process before forking
+    loader = task.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == 6
+    assert torch.equal(batches[2].inputs, single.inputs)
+    for batch in batches:  # every input is a stored key and every target its value's bits
+        match = (batch.inputs.reshape(-1, 1, 6) == torch.from_numpy(keys)).all(-1)
+        rows = match.float().argmax(-1)
+        assert match.any(-1).all()
+        expected = torch.from_numpy(values[rows.numpy()] > 0).float()
+        assert torch.equal(batch.targets.reshape(-1, 3), expected)

@@ -3,11 +3,13 @@
 from tiered.tasks.base import SequenceBatch, SequenceTask
 from tiered.tasks.copy import Copy, RepeatCopy
 from tiered.tasks.graph import ShortestPath
+from tiered.tasks.lookup import KeyValueLookup
 from tiered.tasks.recall import AssociativeRecall, PrioritySort
 
 __all__ = [
     "AssociativeRecall",
     "Copy",
+    "KeyValueLookup",
     "PrioritySort",
     "RepeatCopy",
     "SequenceBatch",
