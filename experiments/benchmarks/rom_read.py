@@ -73,8 +73,9 @@ def main() -> None:
             for chunk in args.chunks:
                 store = scratch / f"store_{log2}_{chunk}"
                 start = time.perf_counter()
-                rom_main(["build", "--keys", str(scratch / "k.npy"), "--values", str(scratch / "v.npy"),
-                          "--out", str(store), "--chunk-rows", str(chunk)])  # fmt: skip
+                keys, values = str(scratch / "k.npy"), str(scratch / "v.npy")
+                rom_main(["build", "--keys", keys, "--values", values, "--out", str(store),
+                          "--chunk-rows", str(chunk)])  # fmt: skip
                 build = time.perf_counter() - start
                 ms, hit = measure(store, args.steps)
                 rows_out.append({"rows": n, "chunk_rows": chunk, "ms_per_step": ms, "hit_rate": hit,
