@@ -28,10 +28,11 @@ import zarr
 FORMAT = "tiered-kv"
 FORMAT_VERSION = 1
 DTYPES = ("float16", "float32")
-# Rows per chunk: a read pays a fixed cost per chunk touched, so small random reads want
-# small chunks while building wants large ones; 1024 rows measured well for both at widths
-# of 16..128 (see experiments/results/rom_read.md when present).
-DEFAULT_CHUNK_ROWS = 1024
+# Rows per chunk: zarr pays a fixed cost for every chunk a read touches. Measured with
+# experiments/benchmarks/rom_read.py (batch 32, 4 heads, k 8, widths 32/16): 4096-row
+# chunks read 2-7x faster than 256 or 1024 rows per chunk at 2^16..2^20 rows, because a
+# step's K R B random rows touch fewer chunks (experiments/results/rom_read.md).
+DEFAULT_CHUNK_ROWS = 4096
 
 
 class StoreError(ValueError):
