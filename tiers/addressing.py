@@ -184,3 +184,28 @@ def write_weights(
     """
     ga = allocation_gates.unsqueeze(-1)
     return write_gates.unsqueeze(-1) * (ga * allocation + (1.0 - ga) * content)
+
+
+def attend_rows(
+    keys: Tensor, strengths: Tensor, row_keys: Tensor, row_values: Tensor, missing: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Content read over a few retrieved rows per head (sparse RAM, ROM, Disk).
+
+    w_k = softmax_k(beta * D(q, key_k)) over the rows found, r = sum_k w_k value_k.
+
+    Args:
+        keys: (B, R, W) the queries q.
+        strengths: (B, R), beta >= 1.
+        row_keys: (B, R, K, W) the keys of the retrieved rows.
+        row_values: (B, R, K, V) their values (the same tensor as ``row_keys`` for a memory
+            read by content).
+        missing: (B, R, K) boolean, True where fewer than K rows were found.
+
+    Returns:
+        words (B, R, V) and weights (B, R, K); a head with no rows at all reads zeros.
+    """
+    dot = torch.einsum("brw,brkw->brk", keys, row_keys)
+    similarity = dot / (safe_norm(keys).unsqueeze(-1) * safe_norm(row_keys) + EPSILON)
+    scores = (strengths.unsqueeze(-1) * similarity).masked_fill(missing, float("-inf"))
+    weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+    return torch.einsum("brk,brkv->brv", weights, row_values), weights

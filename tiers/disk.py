@@ -32,7 +32,7 @@ from torch import Tensor
 from tiered.knn import normalize_rows
 from tiered.storage import KVStore, StoreError
 from tiered.tier import Tier, TierOutput, TierStats, write_ticks
-from tiered.tiers.addressing import oneplus, safe_norm
+from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
 from tiered.validation import check_positive_int
 
@@ -216,11 +216,8 @@ class Disk(Tier):
             top = torch.topk(unit @ self.keys.T, K, dim=-1).indices  # (B R, K)
         keys = self.keys[top].to(queries).reshape(*queries.shape[:2], K, -1)  # constants
         values = self._values(top).to(queries).reshape(*queries.shape[:2], K, -1)
-        similarity = torch.einsum("brd,brkd->brk", queries, keys) / (
-            safe_norm(queries).unsqueeze(-1) + 1e-6
-        )
-        weights = torch.softmax(strengths.unsqueeze(-1) * similarity, dim=-1)
-        return torch.einsum("brk,brkv->brv", weights, values)
+        missing = torch.zeros(values.shape[:-1], dtype=torch.bool, device=values.device)
+        return attend_rows(queries, strengths, keys, values, missing)[0]
 
     def _values(self, rows: Tensor) -> Tensor:
         """Values of global rows (any shape), fetched per shard through the caches."""

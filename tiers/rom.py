@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tiered.knn import load_faiss, normalize_rows
 from tiered.storage import KVStore, StoreError
 from tiered.tier import Tier, TierOutput, TierStats
-from tiered.tiers.addressing import oneplus, safe_norm
+from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.validation import check_choice, check_positive_int
 
 # index="auto" uses FAISS from this many rows on (when FAISS is installed).
@@ -52,12 +52,12 @@ class ValueCache:
         """Values (n, Dv) of ``rows`` (n,), fetching the missing ones in one zarr read."""
         flat = rows.reshape(-1).tolist()
         missing = sorted({r for r in flat if r not in self.rows})
-        self.misses += sum(1 for r in flat if r not in self.rows)
-        self.hits += len(flat) - sum(1 for r in flat if r not in self.rows)
+        misses = sum(1 for r in flat if r not in self.rows)
+        self.misses += misses
+        self.hits += len(flat) - misses
         if missing:
             fetched = self.store.take_values(np.asarray(missing))
-            for row, value in zip(missing, fetched, strict=True):
-                self.rows[row] = value
+            self.rows.update(zip(missing, fetched, strict=True))
         out = (
             np.stack([self.rows[r] for r in flat])
             if flat
@@ -204,15 +204,8 @@ class ROM(Tier):
         found = self.search(queries)  # (B, R, K), -1 where nothing was found
         rows = found.clamp_min(0)
         keys = self.unit_keys[rows].to(interface.dtype)  # (B, R, K, Dk), constants
-        similarity = torch.einsum("brd,brkd->brk", queries, keys) / (
-            safe_norm(queries).unsqueeze(-1) + 1e-6
-        )
-        scores = (oneplus(strengths).unsqueeze(-1) * similarity).masked_fill(
-            found < 0, float("-inf")
-        )
-        weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
         values = self.fetch_values(rows).to(interface.dtype)  # (B, R, K, Dv), constants
-        read = torch.einsum("brk,brkv->brv", weights, values)
+        read, _ = attend_rows(queries, oneplus(strengths), keys, values, found < 0)
         if self.projection is not None:
             read = self.projection(read)
         zero = interface.new_zeros(B)

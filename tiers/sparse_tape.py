@@ -1,0 +1,215 @@
+"""The machinery under the sparse RAM: its buffers, caches and backward (the rollback).
+
+``SparseTape`` holds a sequence's memory buffer, ``written`` mask, ``last_access``, kNN index
+and LRU heap (everything but the buffers is a cache rebuildable from them).
+``_WriteRows`` and ``_GatherRows`` are the two autograd Functions a step goes through; a
+scalar token chains them (write t, read t, write t+1, ...) so that autograd visits the
+steps strictly in reverse. Backward never reads or changes the buffer: it rolls the dense
+gradient accumulator dM back through each write from the write's saved old rows.
+
+Named dimensions: B batch, N slots, W width, S rows touched by a step.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tiered.knn import KNNIndex
+from tiered.state import Opaque
+
+DELTA = 0.005  # a weight above this counts as an access (SAM's delta)
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+class Segment:
+    """One stretch of a sequence between detaches: its recorded steps share a gradient
+    accumulator, cleared once backward has gone back to the segment's first step."""
+
+    def __init__(self) -> None:
+        self.steps = 0  # writes recorded for backward
+        self.touched: list[Tensor] = []  # flat row ids whose gradient rows must be cleared
+
+
+class UsageTracker:
+    """Least-recently-used row per batch element: a lazy heap plus the never-used rows.
+
+    A cache over ``last_access`` (B, N) (-1: never accessed), rebuildable from it at any
+    time. Never-used rows come first, lowest index first; then the row accessed longest
+    ago (lowest index on ties), as ``torch.argmin`` over ``last_access`` would pick.
+    """
+
+    def __init__(self, last_access: Tensor) -> None:
+        self.heaps: list[list[tuple[int, int]]] = []
+        self.last: list[dict[int, int]] = []
+        self.unused: list[Tensor] = []  # sorted never-used rows of each batch element
+        self.pointer: list[int] = []  # how many of them have been used since
+        for row_times in last_access.detach().cpu():
+            used = torch.nonzero(row_times >= 0).flatten().tolist()
+            times = row_times[used].tolist() if used else []
+            heap = list(zip(times, used, strict=True))
+            heapq.heapify(heap)
+            self.heaps.append(heap)
+            self.last.append(dict(zip(used, times, strict=True)))
+            self.unused.append(torch.nonzero(row_times < 0).flatten())
+            self.pointer.append(0)
+
+    def _first_unused(self, b: int) -> int | None:
+        unused, last = self.unused[b], self.last[b]
+        while self.pointer[b] < len(unused) and int(unused[self.pointer[b]]) in last:
+            self.pointer[b] += 1  # used since (out of order)
+        return int(unused[self.pointer[b]]) if self.pointer[b] < len(unused) else None
+
+    def least_recently_used(self) -> list[int]:
+        """The LRU row of each batch element."""
+        out = []
+        for b, heap in enumerate(self.heaps):
+            row = self._first_unused(b)
+            if row is None:
+                while self.last[b].get(heap[0][1]) != heap[0][0]:
+                    heapq.heappop(heap)  # a stale entry
+                row = heap[0][1]
+            out.append(row)
+        return out
+
+    def access(self, b: int, rows: list[int], time: int) -> None:
+        """Mark ``rows`` of batch element ``b`` as accessed at ``time``."""
+        for row in rows:
+            self.last[b][row] = time
+            heapq.heappush(self.heaps[b], (time, row))
+        if len(self.heaps[b]) > 4 * len(self.last[b]) + 64:  # drop stale entries
+            self.heaps[b] = [(t, row) for row, t in self.last[b].items()]
+            heapq.heapify(self.heaps[b])
+
+
+class SparseTape(Opaque):
+    """Per-sequence, non-tensor companion of a sparse RAM state: buffers and caches.
+
+    Holds the memory buffer (B, N, W), the ``written`` mask (B, N), ``last_access`` (B, N),
+    the kNN index, the usage tracker, the gradient accumulator and the current segment.
+    Everything but the buffers is a cache rebuildable from the buffers.
+    """
+
+    def __init__(self, memory: Tensor, written: Tensor, last_access: Tensor, index: KNNIndex):
+        self.memory = memory
+        self.written = written
+        self.last_access = last_access
+        self.index = index
+        self.usage = UsageTracker(last_access)
+        self.grad: Tensor | None = None
+        self.segment = Segment()
+        self.in_use = written.sum(dim=1)  # (B,) rows ever written
+
+    def detached(self) -> SparseTape:
+        """Start a new segment: backward of later steps stops here (truncated BPTT)."""
+        self.segment = Segment()
+        return self
+
+    # ---- buffer edits on the flat (B * N, W) view
+    def flat_rows(self, rows: Tensor) -> Tensor:
+        """Flat row ids (B, S) -> b * N + row."""
+        B, N = self.memory.shape[:2]
+        return rows + torch.arange(B, device=rows.device).unsqueeze(1) * N
+
+    def put(self, rows: Tensor, valid: Tensor, values: Tensor) -> None:
+        flat = self.flat_rows(rows)[valid]
+        self.memory.view(-1, self.memory.shape[-1]).index_copy_(
+            0, flat, values[valid].to(self.memory.dtype)
+        )
+
+    def gather(self, rows: Tensor) -> Tensor:
+        """Rows (B, S) of the buffer, copied: (B, S, W); -1 reads row 0."""
+        index = rows.clamp_min(0).unsqueeze(-1).expand(-1, -1, self.memory.shape[-1])
+        return self.memory.gather(1, index)
+
+    def accumulator(self) -> Tensor:
+        """The dense gradient of the memory, dM, kept across backward passes.
+
+        On CPU it is allocated zero-filled by the kernel (numpy's calloc), so only rows
+        that backward touches become resident: memory stays flat in N. Touched rows are
+        cleared after each backward.
+        """
+        if self.grad is None or self.grad.shape != self.memory.shape:
+            if self.memory.device.type == "cpu" and self.memory.dtype in _NUMPY_DTYPES:
+                zeros = np.zeros(tuple(self.memory.shape), dtype=_NUMPY_DTYPES[self.memory.dtype])
+                self.grad = torch.from_numpy(zeros)
+            else:
+                self.grad = torch.zeros_like(self.memory)
+        return self.grad
+
+
+class _WriteRows(torch.autograd.Function):
+    """M[rows] <- M[rows] (1 - w e) + w a, in place, with the sparse rollback as backward."""
+
+    @staticmethod
+    def forward(ctx, token, weights, erase, add, tape, rows, valid, old):  # type: ignore[override]
+        # ``old``: (B, S, W) the rows before this write, gathered once by the caller.
+        segment = tape.segment
+        new = old * (1.0 - weights.unsqueeze(-1) * erase.unsqueeze(1)) + weights.unsqueeze(
+            -1
+        ) * add.unsqueeze(1)
+        tape.put(rows, valid, new)
+        ctx.tape, ctx.segment, ctx.position = tape, segment, segment.steps
+        if any(ctx.needs_input_grad):
+            segment.steps += 1
+            ctx.save_for_backward(weights, erase, add, old, rows, valid)
+        return token.detach() + 0.0
+
+    @staticmethod
+    def backward(ctx, grad_token):  # type: ignore[override]
+        weights, erase, add, old, rows, valid = ctx.saved_tensors
+        tape, segment = ctx.tape, ctx.segment
+        accumulator = tape.accumulator()  # holds dM_t on the rows that matter here
+        flat = tape.flat_rows(rows)
+        grad_new = accumulator.view(-1, accumulator.shape[-1])[flat.clamp_min(0)]  # (B, S, W)
+        grad_new = grad_new * valid.unsqueeze(-1)
+        w = weights.unsqueeze(-1)  # (B, S, 1)
+        e = erase.unsqueeze(1)  # (B, 1, W)
+        grad_old = grad_new * (1.0 - w * e)
+        grad_weights = (grad_new * (add.unsqueeze(1) - old * e)).sum(-1)
+        grad_erase = -(grad_new * old * w).sum(1)
+        grad_add = (grad_new * w).sum(1)
+        accumulator.view(-1, accumulator.shape[-1]).index_copy_(0, flat[valid], grad_old[valid])
+        segment.touched.append(flat[valid])  # the accumulator now holds dM_{t-1} there
+        if ctx.position == 0:  # back at the segment's first step: clear for the next pass
+            for touched in segment.touched:
+                accumulator.view(-1, accumulator.shape[-1]).index_fill_(0, touched, 0.0)
+            segment.touched.clear()
+        return (
+            torch.zeros_like(grad_token),
+            grad_weights,
+            grad_erase,
+            grad_add,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+class _GatherRows(torch.autograd.Function):
+    """Copies of buffer rows; backward adds their gradients to the accumulator."""
+
+    @staticmethod
+    def forward(ctx, token, tape, rows):  # type: ignore[override]
+        ctx.tape, ctx.segment = tape, tape.segment
+        ctx.save_for_backward(rows)
+        return tape.gather(rows), token.detach() + 0.0
+
+    @staticmethod
+    def backward(ctx, grad_rows, grad_token):  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        tape = ctx.tape
+        if grad_rows is not None:
+            accumulator = tape.accumulator()
+            flat = tape.flat_rows(rows)
+            valid = rows >= 0
+            accumulator.view(-1, accumulator.shape[-1]).index_add_(
+                0, flat[valid], grad_rows[valid].to(accumulator.dtype)
+            )
+            ctx.segment.touched.append(flat[valid])
+        zero = torch.zeros((), dtype=grad_rows.dtype if grad_rows is not None else torch.float32)
+        return zero if grad_token is None else torch.zeros_like(grad_token), None, None
