@@ -184,8 +184,7 @@ class ROM(Tier):
                 _, labels = self.faiss_index.search(
                     np.ascontiguousarray(flat.float().cpu().numpy()), K
                 )
-                labels = np.where(labels < 0, 0, labels)  # fewer than K found: repeat row 0
-                index = torch.from_numpy(labels).to(queries.device)
+                index = torch.from_numpy(labels).to(queries.device)  # -1: fewer than K
         return index.reshape(*queries.shape[:2], K)
 
     def fetch_values(self, rows: Tensor) -> Tensor:

@@ -88,6 +88,25 @@ def test_faiss_index_finds_the_same_rows_as_exact_search(store, tmp_path):
     assert torch.equal(fast.search(queries), exact.search(queries))
 
 
+@pytest.mark.skipif(load_faiss() is None, reason="faiss is not installed")
+def test_rows_faiss_did_not_find_are_masked_not_read_as_row_zero(store):
+    path, keys, values = store
+    # 257 rows in 6 inverted lists; one probed list holds fewer than k = 100 rows.
+    rom = ROM(str(path), k=100, read_heads=R, index="faiss", nprobe=1).double()
+    interface = _interface(keys[[[1, 2]]], strength=3.0)
+    found = rom.search(interface[:, : R * DK].reshape(1, R, DK))
+    assert (found < 0).any() and (found >= 0).any()
+    read, _, _ = rom(interface, rom.initial_state(1))
+    for head in range(R):
+        rows = found[0, head][found[0, head] >= 0].numpy()
+        unit = keys[rows] / np.linalg.norm(keys[rows], axis=1, keepdims=True)
+        query = keys[[1, 2][head]] / np.linalg.norm(keys[[1, 2][head]])
+        weights = np.exp((1 + np.log1p(np.exp(3.0))) * unit @ query)  # oneplus(3)
+        expected = (weights / weights.sum()) @ values[rows]
+        np.testing.assert_allclose(read[0, head * DV : (head + 1) * DV].numpy(), expected,
+                                   rtol=1e-5)  # fmt: skip
+
+
 def test_checkpoints_record_the_store_and_reject_a_changed_one(store, tmp_path):
     path, _keys, _values = store
     controller = LSTMController(4, 2, Register(8), [ROM(str(path), k=3, read_heads=R)])
