@@ -20,6 +20,18 @@ def check_positive_int(owner: str, field: str, value: object) -> int:
     return value
 
 
+def check_non_negative_int(owner: str, field: str, value: object) -> int:
+    """Return ``value`` if it is an integer >= 0, else raise naming ``owner.field``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{owner}: {field} must be a non-negative integer, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
+    if value < 0:
+        raise ValueError(f"{owner}: {field} must be an integer >= 0, got {value}")
+    return value
+
+
 def check_non_negative_float(owner: str, field: str, value: object) -> float:
     """Return ``value`` as a float if it is a finite number >= 0, else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

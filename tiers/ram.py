@@ -26,7 +26,8 @@ from tiered.tiers.ram_sparse import (
     sparse_interface_size,
     sparse_step,
 )
-from tiered.validation import check_choice, check_positive_int
+from tiered.tiers.sparse_links import LinkTables
+from tiered.validation import check_choice, check_non_negative_int, check_positive_int
 
 # sparse="auto" switches to sparse mode above this many slots.
 SPARSE_AUTO_SLOTS = 1024
@@ -145,7 +146,9 @@ class RAM(Tier):
     Sparse Access Memory (see ``tiered.tiers.ram_sparse``): each read head attends over
     its ``k`` nearest rows found by a kNN index, writes touch the rows just read plus the
     least recently used row, and backward rolls the in-place memory back step by step.
-    Sparse mode has no temporal links yet and one write head.
+    With ``links > 0`` it is the sparse DNC: each slot keeps its ``links`` strongest
+    temporal links each way, and heads mix content, forward and backward reads. Sparse
+    mode has one write head.
 
     Args:
         slots: number of memory slots, N in the DNC paper.
@@ -154,6 +157,8 @@ class RAM(Tier):
         write_heads: number of write heads, each with its own link matrix (dense mode;
             sparse mode takes 1).
         k: rows each read head retrieves in sparse mode (K in the SAM paper).
+        links: sparse mode's temporal links kept per slot in each direction (K_L in the
+            sparse DNC); 0 turns the links off (SAM).
         sparse: True, False, or "auto" (sparse above SPARSE_AUTO_SLOTS = 1024 slots).
         index: kNN backend in sparse mode: "exact", "faiss" or "auto" (exact on GPUs and
             below 32768 slots, FAISS otherwise when installed).
@@ -174,6 +179,7 @@ class RAM(Tier):
         read_heads: int = 4,
         write_heads: int = 1,
         k: int = 8,
+        links: int = 8,
         sparse: bool | str = "auto",
         index: str = "auto",
         nprobe: int = 8,
@@ -188,6 +194,7 @@ class RAM(Tier):
         self.read_heads = check_positive_int("RAM", "read_heads", read_heads)
         self.write_heads = check_positive_int("RAM", "write_heads", write_heads)
         self.k = check_positive_int("RAM", "k", k)
+        self.links = check_non_negative_int("RAM", "links", links)
         if not isinstance(sparse, bool):
             check_choice("RAM", "sparse", sparse, ("auto",))
             sparse = self.slots > SPARSE_AUTO_SLOTS
@@ -204,7 +211,7 @@ class RAM(Tier):
     @property
     def interface_size(self) -> int:
         if self.sparse:
-            return sparse_interface_size(self.width, self.read_heads)
+            return sparse_interface_size(self.width, self.read_heads, self.links > 0)
         return ram_interface_size(self.width, self.read_heads, self.write_heads)
 
     @property
@@ -247,12 +254,19 @@ class RAM(Tier):
             set_faiss_threads(self.faiss_threads)
         index = make_index(backend, B, self.slots, self.width, self.nprobe)
         index.rebuild(memory, written)
-        tape = SparseTape(memory, written, last_access, index)
+        tables = (
+            LinkTables.empty(B, self.slots, self.links, memory.dtype, device)
+            if self.links
+            else None
+        )
+        tape = SparseTape(memory, written, last_access, index, tables)
         R, K = self.read_heads, self.k
         return SparseRAMState(
             memory=memory,
             read_weights=torch.zeros(B, R, K, device=device, dtype=memory.dtype),
             read_indices=torch.full((B, R, K), -1, device=device, dtype=torch.long),
+            precedence_rows=torch.zeros(B, self.links, device=device, dtype=torch.long),
+            precedence=torch.zeros(B, self.links, device=device, dtype=memory.dtype),
             last_access=last_access,
             token=torch.zeros((), device=device, dtype=memory.dtype),
             clock=torch.zeros(B, device=device, dtype=torch.long),
@@ -270,9 +284,13 @@ class RAM(Tier):
             else (state.last_access >= 0)
         )
         fresh = self._sparse_state(memory, written, state.last_access.to(memory.device).clone())
+        if isinstance(state.tape, SparseTape) and state.tape.links is not None:
+            fresh.tape.links = state.tape.links.clone()
         return fresh._replace(
             read_weights=state.read_weights.detach().clone(),
             read_indices=state.read_indices.clone(),
+            precedence_rows=state.precedence_rows.clone(),
+            precedence=state.precedence.clone(),
             clock=state.clock.clone(),
         )
 
@@ -348,7 +366,11 @@ class RAM(Tier):
         return TierOutput(words, next_state, stats)
 
     def extra_repr(self) -> str:
-        mode = f"sparse=True, k={self.k}, index={self.index!r}" if self.sparse else "sparse=False"
+        mode = (
+            f"sparse=True, k={self.k}, links={self.links}, index={self.index!r}"
+            if self.sparse
+            else "sparse=False"
+        )
         return (
             f"slots={self.slots}, width={self.width}, read_heads={self.read_heads}, "
             f"write_heads={self.write_heads}, {mode}, " + super().extra_repr()

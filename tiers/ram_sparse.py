@@ -6,7 +6,11 @@ Per step, with named dimensions B batch, N slots, W width, R read heads, K neigh
     write       w_c = g^w (gamma w^r_{t-1, c} / R + (1 - gamma) [c = LRU])     (deduplicated)
                 M[c] <- M[c] (1 - w_c e) + w_c a                                 (in place)
     read        idx = kNN(q_r, K) over the written rows (cosine), per head r
-                w^r = softmax(beta_r cos(q_r, M[idx])) over those K rows;  r_r = sum w^r M[idx]
+                c_r = softmax(beta_r cos(q_r, M[idx])) over those K rows
+    links       (sparse DNC, with links KL > 0; ``tiered.tiers.sparse_links``) the link
+                tables and precedence take the write; f_r = L w^r_{t-1}, b_r = L^T w^r_{t-1}
+                w^r = top K of (pi^b b_r + pi^c c_r + pi^f f_r)   (without links: c_r)
+                r_r = sum w^r M[rows of w^r]
     usage       a row is accessed when its read or write weight exceeds DELTA; the least
                 recently used row is the one accessed longest ago (never-used rows first).
 
@@ -31,6 +35,7 @@ import torch
 from torch import Tensor
 
 from tiered.tiers.addressing import attend_rows, oneplus
+from tiered.tiers.sparse_links import follow_links, merge_entries, update_links, update_precedence
 from tiered.tiers.sparse_tape import DELTA, SparseTape, _GatherRows, _WriteRows
 
 __all__ = ["DELTA", "SparseRAMState", "SparseTape", "sparse_step", "unique_rows"]
@@ -99,6 +104,8 @@ class SparseRAMState(NamedTuple):
         memory: (B, N, W) the memory buffer, updated in place (shared with the tape).
         read_weights: (B, R, K) the last read weights.
         read_indices: (B, R, K) the rows they cover (-1: none).
+        precedence_rows: (B, KL) rows + 1 of the precedence's largest entries (0: none).
+        precedence: (B, KL) their values (detached); KL = 0 without links.
         last_access: (B, N) step of each row's last access, -1 never (in place).
         token: () the link that orders the steps' backward passes.
         clock: (B,) steps taken.
@@ -108,6 +115,8 @@ class SparseRAMState(NamedTuple):
     memory: Tensor
     read_weights: Tensor
     read_indices: Tensor
+    precedence_rows: Tensor
+    precedence: Tensor
     last_access: Tensor
     token: Tensor
     clock: Tensor
@@ -156,6 +165,8 @@ class SparseInterface(NamedTuple):
         add: (B, W).
         write_gate: (B, 1) in [0, 1].
         interpolation: (B, 1) in [0, 1]: 1 rewrites the rows just read, 0 the LRU row.
+        read_modes: (B, R, 3) a softmax over backward, content and forward reads; None
+            without links.
     """
 
     read_keys: Tensor
@@ -164,18 +175,22 @@ class SparseInterface(NamedTuple):
     add: Tensor
     write_gate: Tensor
     interpolation: Tensor
+    read_modes: Tensor | None
 
 
-def sparse_interface_size(width: int, read_heads: int) -> int:
-    """R (W + 1) + 2 W + 2 features."""
-    return read_heads * (width + 1) + 2 * width + 2
+def sparse_interface_size(width: int, read_heads: int, links: bool = False) -> int:
+    """R (W + 1) + 2 W + 2 features, plus 3 R read modes with links."""
+    return read_heads * (width + 1) + 2 * width + 2 + (3 * read_heads if links else 0)
 
 
-def parse_sparse_interface(interface: Tensor, width: int, read_heads: int) -> SparseInterface:
+def parse_sparse_interface(
+    interface: Tensor, width: int, read_heads: int, links: bool = False
+) -> SparseInterface:
     """Layout: R read keys (W each), R read strengths, erase (W), add (W), write gate,
-    interpolation gate."""
+    interpolation gate, and with links R x 3 read modes (backward, content, forward)."""
     B, W, R = interface.shape[0], width, read_heads
-    parts = torch.split(interface, [R * W, R, W, W, 1, 1], dim=-1)
+    sizes = [R * W, R, W, W, 1, 1] + ([3 * R] if links else [])
+    parts = torch.split(interface, sizes, dim=-1)
     return SparseInterface(
         read_keys=parts[0].reshape(B, R, W),
         read_strengths=oneplus(parts[1]),
@@ -183,19 +198,48 @@ def parse_sparse_interface(interface: Tensor, width: int, read_heads: int) -> Sp
         add=parts[3],
         write_gate=torch.sigmoid(parts[4]),
         interpolation=torch.sigmoid(parts[5]),
+        read_modes=torch.softmax(parts[6].reshape(B, R, 3), dim=-1) if links else None,
     )
+
+
+def mix_link_reads(
+    modes: Tensor,
+    content_rows: Tensor,
+    content: Tensor,
+    forward: tuple[Tensor, Tensor],
+    backward: tuple[Tensor, Tensor],
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """w^r = top k of (pi^b b + pi^c c + pi^f f), each given over its own rows.
+
+    Args:
+        modes: (B, R, 3) backward, content, forward.
+        content_rows, content: (B, R, K) rows (-1: none) and content weights.
+        forward, backward: rows (B, R, X) (-1: none) and weights (B, R, X) along the links.
+
+    Returns:
+        rows (B, R, k) (-1: none) and weights (B, R, k).
+    """
+    rows = torch.cat([content_rows, forward[0], backward[0]], dim=-1) + 1
+    weights = torch.cat(
+        [modes[..., 1:2] * content, modes[..., 2:3] * forward[1], modes[..., 0:1] * backward[1]],
+        dim=-1,
+    )
+    ids, mixed = merge_entries(rows, weights, k)
+    return ids - 1, mixed
 
 
 def sparse_step(
     interface: Tensor, state: SparseRAMState, *, width: int, read_heads: int, k: int, tick: Tensor
 ) -> tuple[Tensor, SparseRAMState, Tensor, Tensor]:
-    """One SAM step: write (on ticks), then read K rows per head.
+    """One step: write (on ticks), update the links, then read K rows per head.
 
     Returns:
         words (B, R * W), the next state, the erased content (B,) and the rows in use (B,).
     """
     tape: SparseTape = state.tape
-    p = parse_sparse_interface(interface, width, read_heads)
+    links = tape.links
+    p = parse_sparse_interface(interface, width, read_heads, links is not None)
     B = interface.shape[0]
     lru = torch.tensor(tape.usage.least_recently_used(), device=interface.device)
     rows, weights, valid = write_weights_over(
@@ -211,14 +255,32 @@ def sparse_step(
     tape.in_use += newly.sum(dim=1)
     tape.index.update(tape.memory, rows, changed)
     record_access(tape, rows, weights, state.clock)
+    precedence_rows, precedence = state.precedence_rows, state.precedence
+    if links is not None:
+        written_rows, w = torch.where(changed, rows, -1), weights.detach() * changed
+        update_links(links, precedence_rows, precedence, written_rows, w)
+        precedence_rows, precedence = update_precedence(
+            precedence_rows, precedence, written_rows, w, precedence.shape[-1]
+        )
 
     indices = tape.index.search(tape.memory, tape.written, p.read_keys, k)  # (B, R, K)
     words, read_weights, token = gather_read(tape, token, indices, p.read_keys, p.read_strengths)
+    if links is not None:
+        forward = follow_links(links, state.read_indices, state.read_weights, forward=True)
+        backward = follow_links(links, state.read_indices, state.read_weights, forward=False)
+        indices, read_weights = mix_link_reads(
+            p.read_modes, indices, read_weights, forward, backward, k
+        )
+        R = read_heads
+        rows_read, token = _GatherRows.apply(token, tape, indices.reshape(B, R * k))
+        words = torch.einsum("brk,brkw->brw", read_weights, rows_read.reshape(B, R, k, -1))
     record_access(tape, indices, read_weights, state.clock)
     next_state = SparseRAMState(
         memory=tape.memory,
         read_weights=read_weights,
         read_indices=indices,
+        precedence_rows=precedence_rows,
+        precedence=precedence,
         last_access=tape.last_access,
         token=token,
         clock=state.clock + 1,

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from tiered.knn import KNNIndex
 from tiered.state import Opaque
+from tiered.tiers.sparse_links import LinkTables
 
 DELTA = 0.005  # a weight above this counts as an access (SAM's delta)
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
@@ -89,12 +90,21 @@ class SparseTape(Opaque):
     """Per-sequence, non-tensor companion of a sparse RAM state: buffers and caches.
 
     Holds the memory buffer (B, N, W), the ``written`` mask (B, N), ``last_access`` (B, N),
-    the kNN index, the usage tracker, the gradient accumulator and the current segment.
+    the link tables (sparse DNC, optional), the kNN index, the usage tracker, the gradient
+    accumulator and the current segment.
     Everything but the buffers is a cache rebuildable from the buffers.
     """
 
-    def __init__(self, memory: Tensor, written: Tensor, last_access: Tensor, index: KNNIndex):
+    def __init__(
+        self,
+        memory: Tensor,
+        written: Tensor,
+        last_access: Tensor,
+        index: KNNIndex,
+        links: LinkTables | None = None,
+    ):
         self.memory = memory
+        self.links = links  # the sparse temporal links' buffers, None without links
         self.written = written
         self.last_access = last_access
         self.index = index
