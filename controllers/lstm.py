@@ -3,7 +3,7 @@
 Per step t:
     register input   = [x_t, r_{t-1}]                  (B, I + sum of read sizes)
     h_t              = Register(register input)         (B, S)
-    interface        = Linear(h_t), split among tiers   (B, sum of interface sizes)
+    interface        = Linear(h_t) [+ S x_t], split among tiers   (B, sum of interface sizes)
     r_t              = [tier_k(interface_k) for k]       (B, sum of read sizes)
     y_t              = Linear([h_t, r_t])                (B, O)
 
@@ -77,6 +77,10 @@ class LSTMController(Controller):
         output_size: features per step of the output, O.
         register: the recurrent core; its input size is set here to I plus the tiers' reads.
         tiers: the memory tiers, in order; may be empty. Names must be unique.
+        input_skip: add a trainable linear map S of the step's input to the interface. It
+            starts as the identity into every tier query (``Tier.query_slices``) as wide as
+            the input, and zero elsewhere, so that such tiers are first queried with the
+            input itself (e.g. a ROM looked up by the key given as input).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class LSTMController(Controller):
         output_size: int,
         register: Register,
         tiers: list[Tier] | None = None,
+        input_skip: bool = False,
     ) -> None:
         super().__init__()
         self.input_size = check_positive_int("LSTMController", "input_size", input_size)
@@ -115,6 +120,14 @@ class LSTMController(Controller):
         register.build(input_size + self.reads_size)
         S = register.hidden_size
         self.interface = nn.Linear(S, sum(self.interface_sizes)) if tiers else None
+        self.input_skip = (
+            nn.Linear(input_size, sum(self.interface_sizes), bias=False)
+            if tiers and input_skip
+            else None
+        )
+        if self.input_skip is not None:
+            with torch.no_grad():
+                self.input_skip.weight.copy_(identity_into_queries(self.tiers, input_size))
         self.output = nn.Linear(S + self.reads_size, output_size)
 
     @property
@@ -153,7 +166,10 @@ class LSTMController(Controller):
         stats = {self.register.name: register_stats}
         reads, tier_states = [], []
         if self.interface is not None:
-            interfaces = torch.split(self.interface(hidden), self.interface_sizes, dim=-1)
+            features = self.interface(hidden)  # (B, sum of interface sizes)
+            if self.input_skip is not None:
+                features = features + self.input_skip(x)
+            interfaces = torch.split(features, self.interface_sizes, dim=-1)
             for tier, interface, tier_state in zip(
                 self.tiers, interfaces, state.tiers, strict=True
             ):
@@ -193,6 +209,20 @@ class LSTMController(Controller):
         penalties.update({tier.name: tier.rewrite_penalty for tier in self.tiers})
         aux = {name: _stack_stats(records[name], penalties[name]) for name in self.tier_names}
         return ControllerOutput(torch.stack(outputs, dim=1), state, aux)
+
+
+def identity_into_queries(tiers: list[Tier] | nn.ModuleList, input_size: int) -> Tensor:
+    """(sum of interface sizes, I): the identity into every tier query slice of width I,
+    zero elsewhere."""
+    sizes = [tier.interface_size for tier in tiers]
+    weight = torch.zeros(sum(sizes), input_size)
+    offset = 0
+    for tier, size in zip(tiers, sizes, strict=True):
+        for query in tier.query_slices:
+            if query.stop - query.start == input_size:
+                weight[offset + query.start : offset + query.stop] = torch.eye(input_size)
+        offset += size
+    return weight
 
 
 def _stack_stats(steps: list[TierStats], rewrite_penalty: float) -> TierAux:

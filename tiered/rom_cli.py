@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tiered.knn import load_faiss, normalize_rows
-from tiered.storage import DEFAULT_CHUNK_ROWS, DTYPES, KVStore, StoreError
+from tiered.storage import DTYPES, ROM_CHUNK_ROWS, KVStore, StoreError
 
 
 def load_array(path: str, name: str) -> np.ndarray:
@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
     b.add_argument("--values", required=True, help=".npy, .npz, .pt or a zarr array")
     b.add_argument("--out", required=True, help="store path or fsspec URL")
     b.add_argument("--dtype", choices=DTYPES, default="float32")
-    b.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
+    b.add_argument("--chunk-rows", type=int, default=ROM_CHUNK_ROWS)
     b.add_argument("--index", choices=("auto", "faiss", "none"), default="auto")
     b.add_argument("--overwrite", action="store_true")
     i = commands.add_parser("info", help="rows, widths, index and size of a store")

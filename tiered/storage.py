@@ -28,11 +28,14 @@ import zarr
 FORMAT = "tiered-kv"
 FORMAT_VERSION = 1
 DTYPES = ("float16", "float32")
-# Rows per chunk: zarr pays a fixed cost for every chunk a read touches. Measured with
-# experiments/benchmarks/rom_read.py (batch 32, 4 heads, k 8, widths 32/16): 4096-row
-# chunks read 2-7x faster than 256 or 1024 rows per chunk at 2^16..2^20 rows, because a
-# step's K R B random rows touch fewer chunks (experiments/results/rom_read.md).
+# Rows per chunk: zarr pays a fixed cost for every chunk a read touches, and an append
+# rewrites the last, partial chunk. Measured with experiments/benchmarks/rom_read.py (batch
+# 32, 4 heads, k 8, widths 32/16; experiments/results/rom_read.md): a read step's random rows
+# took 2-3x less time with 4096-row chunks than with 1024, and 1.4-2x less again with 16384,
+# at 2^16..2^22 rows. Stores that are appended to a few rows at a time (the Disk tier) keep
+# DEFAULT_CHUNK_ROWS; stores built once for reading (``tiered rom build``) use ROM_CHUNK_ROWS.
 DEFAULT_CHUNK_ROWS = 4096
+ROM_CHUNK_ROWS = 16384
 
 
 class StoreError(ValueError):

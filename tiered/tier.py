@@ -116,6 +116,12 @@ class Tier(nn.Module, abc.ABC):
     def forward(self, interface: Tensor, state: Any) -> TierOutput:
         """One step: ``interface`` (batch, interface_size) and the previous state."""
 
+    @property
+    def query_slices(self) -> list[slice]:
+        """Where in the interface the tier reads its content queries (one slice per read
+        head), for controllers that can feed their input there directly; none by default."""
+        return []
+
     def check_interface(self, interface: Tensor, clock: Tensor) -> None:
         """Raise a clear error unless ``interface`` is (batch, interface_size) and the
         state's ``clock`` (batch,) has the same batch size."""

@@ -161,6 +161,11 @@ class Disk(Tier):
         return self.read_heads * (self.key_width + 1) + self.key_width + self.value_width
 
     @property
+    def query_slices(self) -> list[slice]:
+        """Each head's query: the first R x Dk interface features."""
+        return [slice(h * self.key_width, (h + 1) * self.key_width) for h in range(self.read_heads)]
+
+    @property
     def read_size(self) -> int:
         return self.read_heads * self.value_width
 

@@ -215,6 +215,11 @@ class RAM(Tier):
         return ram_interface_size(self.width, self.read_heads, self.write_heads)
 
     @property
+    def query_slices(self) -> list[slice]:
+        """Each read head's key: the first R x W interface features (both modes)."""
+        return [slice(h * self.width, (h + 1) * self.width) for h in range(self.read_heads)]
+
+    @property
     def read_size(self) -> int:
         return self.read_heads * self.width
 

@@ -158,6 +158,11 @@ class ROM(Tier):
         return self.read_heads * (self.key_width + 1)
 
     @property
+    def query_slices(self) -> list[slice]:
+        """Each head's query: the first R x Dk interface features."""
+        return [slice(h * self.key_width, (h + 1) * self.key_width) for h in range(self.read_heads)]
+
+    @property
     def read_size(self) -> int:
         width = self.projection.out_features if self.projection is not None else self.value_width
         return self.read_heads * width

@@ -164,3 +164,34 @@ def test_bad_compositions_are_rejected_with_clear_messages():
 def test_a_register_given_the_wrong_input_size_is_rejected():
     with pytest.raises(ValueError, match="input_size is 4 but the controller feeds it 13"):
         LSTMController(I, O, Register(8, input_size=4), [Cache(4, 4, read_heads=2)])
+
+
+def test_input_skip_starts_as_the_identity_into_queries_as_wide_as_the_input():
+    cache, ram = Cache(slots=5, width=3), RAM(slots=9, width=7, read_heads=2, sparse=False)
+    controller = LSTMController(7, 2, Register(8), [cache, ram], input_skip=True)
+    weight = controller.input_skip.weight  # (cache + ram interface sizes, 7)
+    offset = cache.interface_size
+    assert weight.shape == (offset + ram.interface_size, 7)
+    for head in range(2):  # each RAM read key starts as the input
+        block = weight[offset + 7 * head : offset + 7 * (head + 1)]
+        torch.testing.assert_close(block, torch.eye(7))
+    assert weight[:offset].abs().sum() == 0 and weight[offset + 14 :].abs().sum() == 0
+    assert weight.requires_grad
+    # Without tiers there is nothing to skip into; by default there is no skip.
+    assert LSTMController(7, 2, Register(8), [], input_skip=True).input_skip is None
+    assert LSTMController(7, 2, Register(8), [ram]).input_skip is None
+
+
+def test_input_skip_adds_the_input_to_the_interface():
+    ram = RAM(slots=9, width=5, read_heads=1, sparse=False)
+    controller = LSTMController(5, 2, Register(8), [ram], input_skip=True).double()
+    with torch.no_grad():
+        controller.interface.weight.zero_()
+        controller.interface.bias.zero_()
+    seen = []
+    ram.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    controller(x)
+    for t, interface in enumerate(seen):
+        torch.testing.assert_close(interface[:, :5], x[:, t])
+        assert interface[:, 5:].abs().sum() == 0

@@ -37,6 +37,7 @@ def test_a_query_equal_to_a_key_reads_its_value(store):
     read, state, stats = rom(interface, rom.initial_state(3))
     np.testing.assert_allclose(read.reshape(3, R, DV).numpy(), values[rows], atol=1e-4)
     assert stats.writes.sum() == 0 and stats.slots_in_use[0] == 257
+    assert rom.query_slices == [slice(0, DK), slice(DK, 2 * DK)]  # where an input skip lands
     assert state.clock.tolist() == [1, 1, 1]
 
 
