@@ -108,9 +108,12 @@ def merge_entries(rows: Tensor, values: Tensor, keep: int) -> tuple[Tensor, Tens
 
 def weight_of(ids: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
     """The write weight of each id: ids (B, X) stored as row + 1; rows (B, S) the written
-    rows (deduplicated, -1 padding); weights (B, S). Returns (B, X)."""
-    match = (ids.unsqueeze(-1) == (rows + 1).unsqueeze(1)) & (ids > 0).unsqueeze(-1)  # (B, X, S)
-    return (match.to(weights.dtype) * weights.unsqueeze(1)).sum(-1)
+    rows (deduplicated, -1 padding); weights (B, S). Returns (B, X), by binary search."""
+    keys = torch.where(rows >= 0, rows + 1, torch.iinfo(rows.dtype).max)  # padding last
+    keys, order = torch.sort(keys, dim=-1)
+    position = torch.searchsorted(keys, ids).clamp_max(keys.shape[-1] - 1)  # (B, X)
+    found = (keys.gather(-1, position) == ids) & (ids > 0)
+    return weights.gather(-1, order).gather(-1, position) * found
 
 
 def update_precedence(
@@ -127,55 +130,81 @@ def update_precedence(
     return merge_entries(ids, torch.cat([prec * scale, weights], dim=-1), keep)
 
 
+def _rows_of(table: Tensor, ids: Tensor) -> Tensor:
+    """Rows (B, A, KL) of a (B, N, KL) table for ids (B, A) stored as row + 1."""
+    return table.gather(1, (ids - 1).clamp_min(0).unsqueeze(-1).expand(-1, -1, table.shape[-1]))
+
+
+def _store_rows(table: Tensor, ids: Tensor, live: Tensor, values: Tensor) -> None:
+    """table[b, ids - 1] = values where ``live`` (ids (B, A), values (B, A, KL)), in place.
+    A row listed twice must be given the same values twice."""
+    B, N, KL = table.shape
+    flat = (ids - 1).clamp_min(0) + torch.arange(B, device=ids.device)[:, None] * N
+    table.view(B * N, KL).index_copy_(0, flat[live], values[live].to(table.dtype))
+
+
+def _decay_rows(
+    ids_table: Tensor, value_table: Tensor, ids: Tensor, skip: Tensor, rows: Tensor, w: Tensor
+) -> None:
+    """Entries (x, v) of the lists of ``ids`` (B, A) become (x, v (1 - w_x)): the rows
+    whose only change is the decay of their links to written rows. Rows in ``skip`` (B, F)
+    (ids, updated in full elsewhere) are left alone."""
+    live = (ids > 0) & (weight_of(ids, skip - 1, torch.ones_like(skip, dtype=w.dtype)) == 0)
+    entry_ids, values = _rows_of(ids_table, ids), _rows_of(value_table, ids)
+    B, A, KL = entry_ids.shape
+    values = values * (1.0 - weight_of(entry_ids.flatten(1), rows, w).view(B, A, KL))
+    entry_ids = entry_ids * (values > 0)
+    _store_rows(ids_table, ids, live, entry_ids)
+    _store_rows(value_table, ids, live, values * (entry_ids > 0))
+
+
 def update_links(
     tables: LinkTables, prec_rows: Tensor, prec: Tensor, rows: Tensor, weights: Tensor
 ) -> None:
     """Apply L' = (1 - w 1^T - 1 w^T) o L + w p^T to the tables, in place.
+
+    The written rows and p's rows (F of them) get new lists: decayed, new links added,
+    the KL largest kept. The rows linked to or from a written row (O(S KL)) only decay.
 
     Args:
         tables: the link buffers, (B, N, KL) each.
         prec_rows, prec: (B, KL) the precedence before this write (rows + 1, values).
         rows: (B, S) written rows, deduplicated (-1: none); weights: (B, S) detached.
     """
-    B, N, KL = tables.pred.shape
+    B, _, KL = tables.pred.shape
+    S = rows.shape[1]
     written = torch.where(rows >= 0, rows + 1, 0)  # (B, S) as ids
-    gather = lambda table, r: table.gather(  # noqa: E731
-        1, (r - 1).clamp_min(0).unsqueeze(-1).expand(-1, -1, KL)
-    )  # (B, A, KL) rows of a table, for ids r (B, A)
-    # Rows whose lists can change: written rows, p's rows, and rows linked to or from them.
-    candidates = torch.cat(
-        [written, prec_rows, gather(tables.succ_rows, written).flatten(1),
-         gather(tables.pred_rows, written).flatten(1)], dim=1,
-    )  # fmt: skip
-    affected, _ = merge_entries(candidates, torch.ones_like(candidates, dtype=tables.pred.dtype),
-                                candidates.shape[1])  # fmt: skip  # distinct ids, 0 padding
-    live = affected > 0  # (B, A)
-    w_row = weight_of(affected, rows, weights)  # (B, A)
-    p_row = weight_of(affected, prec_rows - 1, prec)  # (B, A): p at each affected row
-    S, A = rows.shape[1], affected.shape[1]
+    full = torch.cat([written, prec_rows], dim=1)  # (B, F) ids, 0 padding
+    neighbours_after = _rows_of(tables.succ_rows, written).flatten(1)  # rows written after C
+    neighbours_before = _rows_of(tables.pred_rows, written).flatten(1)  # rows C came after
+    live = full > 0
+    F = full.shape[1]
+    w_row = weight_of(full, rows, weights)  # (B, F)
+    p_row = weight_of(full, prec_rows - 1, prec)  # (B, F): p at each row
 
     # Predecessors (row i of L): decay, then w_i p[j] for j in p, j != i.
-    pred_rows, pred = gather(tables.pred_rows, affected), gather(tables.pred, affected)
-    w_j = weight_of(pred_rows.flatten(1), rows, weights).view(B, A, KL)
+    pred_rows, pred = _rows_of(tables.pred_rows, full), _rows_of(tables.pred, full)
+    w_j = weight_of(pred_rows.flatten(1), rows, weights).view(B, F, KL)
     decayed = pred * (1.0 - w_row.unsqueeze(-1) - w_j) * (pred_rows > 0)
-    new_ids = prec_rows.unsqueeze(1).expand(B, A, KL)
-    new = w_row.unsqueeze(-1) * prec.unsqueeze(1) * (new_ids != affected.unsqueeze(-1))
+    new_ids = prec_rows.unsqueeze(1).expand(B, F, KL)
+    new = w_row.unsqueeze(-1) * prec.unsqueeze(1) * (new_ids != full.unsqueeze(-1))
     pred_rows, pred = merge_entries(
         torch.cat([pred_rows, new_ids], -1), torch.cat([decayed, new], -1), KL
     )
     # Successors (column j of L): decay, then w_i p[j] for written i != j.
-    succ_rows, succ = gather(tables.succ_rows, affected), gather(tables.succ, affected)
-    w_i = weight_of(succ_rows.flatten(1), rows, weights).view(B, A, KL)
+    succ_rows, succ = _rows_of(tables.succ_rows, full), _rows_of(tables.succ, full)
+    w_i = weight_of(succ_rows.flatten(1), rows, weights).view(B, F, KL)
     decayed = succ * (1.0 - w_row.unsqueeze(-1) - w_i) * (succ_rows > 0)
-    new_ids = written.unsqueeze(1).expand(B, A, S)
-    new = weights.unsqueeze(1) * p_row.unsqueeze(-1) * (new_ids != affected.unsqueeze(-1))
+    new_ids = written.unsqueeze(1).expand(B, F, S)
+    new = weights.unsqueeze(1) * p_row.unsqueeze(-1) * (new_ids != full.unsqueeze(-1))
     succ_rows, succ = merge_entries(
         torch.cat([succ_rows, new_ids], -1), torch.cat([decayed, new], -1), KL
     )
-    # Scatter the affected rows' lists back.
-    flat = ((affected - 1).clamp_min(0) + torch.arange(B, device=rows.device)[:, None] * N)[live]
+    # The neighbours first (they read the old lists), then the full rows.
+    _decay_rows(tables.pred_rows, tables.pred, neighbours_after, full, rows, weights)
+    _decay_rows(tables.succ_rows, tables.succ, neighbours_before, full, rows, weights)
     for table, value in zip(tables, (pred_rows, pred, succ_rows, succ), strict=True):
-        table.view(B * N, KL).index_copy_(0, flat, value[live].to(table.dtype))
+        _store_rows(table, full, live, value)
 
 
 def follow_links(
