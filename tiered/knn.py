@@ -9,8 +9,9 @@ Backends:
                N and on GPUs.
     FaissKNN   FAISS IVF-Flat per batch element with a hash-table direct map, trained once
                per (slots, width) in a process, updated incrementally (remove and re-add
-               only the rows that changed). It searches on the CPU; a faiss-gpu path is
-               not built yet (on CUDA, index="auto" uses exact search).
+               only the rows that changed). While it holds at most EXHAUSTIVE_ROWS rows it
+               visits every list (exact among the written rows). It searches on the CPU;
+               a faiss-gpu path is not built yet (on CUDA, index="auto" uses exact search).
 
 Named dimensions: B batch, N rows, W width, h queries per batch element, k neighbours.
 Rows never written (``written`` False) are never returned; when fewer than k rows are
@@ -35,6 +36,8 @@ from tiered.validation import check_choice, check_positive_int
 BACKENDS = ("auto", "exact", "faiss")
 # index="auto" picks FAISS on CPU from this many rows on (when FAISS is installed).
 FAISS_AUTO_ROWS = 1 << 15
+# A FAISS index holding at most this many rows is searched through every list (exactly).
+EXHAUSTIVE_ROWS = 4096
 _warned_missing_faiss = False
 
 
@@ -118,13 +121,28 @@ class FaissKNN(KNNIndex):
         width: W.
         nprobe: inverted lists visited per query; more is slower and more exact.
         seed: seed of the random vectors the coarse quantiser is trained on, once.
+        exhaustive_rows: while an index holds at most this many rows, its searches visit
+            every list, which is exact among the rows written (the index holds only those)
+            and costs O(rows W) per query. With the lists mostly empty, ``nprobe`` lists
+            would hold few of the rows: with 30 rows written in 2^16 slots (width 16),
+            8 of 256 lists returned 12% of k = 8 neighbours, and the best row 38% of the
+            time (see docs/ram.md).
     """
 
     def __init__(
-        self, faiss: Any, batch_size: int, slots: int, width: int, nprobe: int, seed: int = 0
+        self,
+        faiss: Any,
+        batch_size: int,
+        slots: int,
+        width: int,
+        nprobe: int,
+        seed: int = 0,
+        exhaustive_rows: int = EXHAUSTIVE_ROWS,
     ) -> None:
         self.faiss = faiss
         self.width = width
+        self.nprobe = nprobe
+        self.exhaustive_rows = exhaustive_rows
         self.nlist = max(1, min(slots // 8, int(math.sqrt(slots))))
         trained = faiss.deserialize_index(_trained_ivf(width, self.nlist, seed))
         self.indexes = []
@@ -162,6 +180,7 @@ class FaissKNN(KNNIndex):
         q = normalize_rows(queries.detach()).float().cpu().numpy()
         out = np.empty((*q.shape[:2], k), dtype=np.int64)
         for b, index in enumerate(self.indexes):
+            index.nprobe = self.nlist if index.ntotal <= self.exhaustive_rows else self.nprobe
             _, labels = index.search(np.ascontiguousarray(q[b]), k)
             out[b] = labels
         return torch.from_numpy(out).to(queries.device)

@@ -1,14 +1,16 @@
 """Time per step and peak memory of the RAM as slots grow: sparse (exact, FAISS) and dense.
 
-Settings from the sparse RAM issue: width 64, 4 read heads, k = 8, batch 8, sequence
-length 32, forward + backward. A linear layer maps random inputs to the RAM's interface so
-that gradients flow through every step. Each configuration runs in its own process, so its
-resident memory is its own. Memory is read from /proc: the resident set after setup
-(memory matrices, index) and the peak growth above it while the timed steps run (the
-peak is reset with /proc/self/clear_refs first): what training costs beyond the matrices.
-Writes sparse_ram_scaling.md / .csv / .png under experiments/results/.
+Settings from the sparse RAM issue: width 64, 4 read heads, k = 8, batch 8, sequence length
+32, forward + backward. Sparse modes: "exact" and "faiss" are the sparse DNC (8 temporal
+links per slot each way, the default), "faiss-sam" is SAM (links = 0). A linear layer maps
+random inputs to the RAM's interface so that gradients flow through every step. Each
+configuration runs in its own process, so its resident memory is its own. Memory is read
+from /proc: the resident set after setup (memory matrices, index) and the peak growth above
+it while the timed steps run (the peak is reset with /proc/self/clear_refs first): what
+training costs beyond the matrices. Writes sparse_ram_scaling.md / .csv / .png under
+experiments/results/.
 
-    python experiments/benchmarks/sparse_ram_scaling.py [--max-log2 20] [--dense-max-log2 12]
+    python experiments/benchmarks/sparse_ram_scaling.py [--max-log2 20] [--dense-slots 1024 2048]
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from tiered.malloc import tune_malloc
 from tiered.tiers import RAM
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-B, T, W, R, K = 8, 32, 64, 4, 8
+B, T, W, R, K, LINKS = 8, 32, 64, 4, 8, 8
+SPARSE_MODES = ("exact", "faiss", "faiss-sam")
 
 
 def _status_kib(field: str) -> int:
@@ -48,7 +51,9 @@ def worker(mode: str, slots: int, repeats: int) -> dict:
     if mode == "dense":
         ram = RAM(slots, W, read_heads=R, sparse=False)
     else:
-        ram = RAM(slots, W, read_heads=R, k=K, sparse=True, index=mode)
+        index, _, variant = mode.partition("-")
+        links = 0 if variant == "sam" else LINKS
+        ram = RAM(slots, W, read_heads=R, k=K, links=links, sparse=True, index=index)
     layer = torch.nn.Linear(16, ram.interface_size)
     x = torch.randn(B, T, 16)
     start = time.perf_counter()
@@ -102,17 +107,16 @@ def main() -> None:
     rows = []
     runs = [("dense", n) for n in args.dense_slots]
     for log2 in range(args.min_log2, args.max_log2 + 1, 2):
-        runs += [("exact", 2**log2), ("faiss", 2**log2)]
+        runs += [(mode, 2**log2) for mode in SPARSE_MODES]
     for mode, slots in runs:
-        if True:
-            command = [sys.executable, __file__, "--worker", mode, str(slots)]
-            command += ["--repeats", str(args.repeats)]
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                print(result.stderr[-2000:], file=sys.stderr)
-                continue
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
+        command = [sys.executable, __file__, "--worker", mode, str(slots)]
+        command += ["--repeats", str(args.repeats)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            print(result.stderr[-2000:], file=sys.stderr)
+            continue
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
     with open(args.out / "sparse_ram_scaling.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -121,7 +125,9 @@ def main() -> None:
         "# RAM scaling: time per step and peak memory",
         "",
         f"Width {W}, {R} read heads, k = {K}, batch {B}, sequence length {T}, float32, forward",
-        f"+ backward; median of {args.repeats} sequences after one warm-up, per step. Sparse",
+        f"+ backward; median of {args.repeats} sequences after one warm-up, per step. 'exact'",
+        f"and 'faiss' are the sparse DNC ({LINKS} links per slot each way), 'faiss-sam' is SAM",
+        "(no links). Sparse",
         "runs continue one sequence across repeats (detaching between them, as truncated",
         "BPTT does), so the index is updated incrementally, never rebuilt. 'resident after",
         "setup' is the process's resident set once the state exists (untouched pages of the",
@@ -137,7 +143,7 @@ def main() -> None:
         f"{r['resident_after_setup_mib']:.0f} | {r['peak_growth_mib']:.0f} | {r['setup_s']:.2f} |"
         for r in rows
     ]
-    for mode in ("exact", "faiss"):
+    for mode in SPARSE_MODES:
         series = [r for r in rows if r["mode"] == mode]
         if len(series) > 1:
             ratio = series[-1]["ms_per_step"] / series[0]["ms_per_step"]
@@ -153,7 +159,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for mode in ("exact", "faiss", "dense"):
+    for mode in (*SPARSE_MODES, "dense"):
         series = [r for r in rows if r["mode"] == mode]
         if series:
             slots = [r["slots"] for r in series]

@@ -102,3 +102,39 @@ def test_checkpoints_record_the_rows_and_reject_a_shorter_store(tmp_path):
     out = controller(torch.randn(2, 4, 3))
     out.output.sum().backward()
     assert (out.aux["disk"].writes == 1).all()
+
+
+def test_under_real_ddp_each_rank_fills_its_own_shard_and_a_new_run_reads_both(tmp_path):
+    """`tiered fit` with a Disk on 2 gloo processes: two shards, every row visible after."""
+    store = tmp_path / "disk"
+    stack = tmp_path / "disk_stack.yaml"
+    stack.write_text(textwrap.dedent(f"""\
+        model:
+          class_path: tiered.TieredModule
+          init_args:
+            controller:
+              class_path: tiered.controllers.LSTMController
+              init_args:
+                register: {{class_path: tiered.tiers.Register, init_args: {{hidden_size: 8}}}}
+                tiers:
+                  - class_path: tiered.tiers.Disk
+                    init_args: {{store: {store}, key_width: 4, value_width: 3, period: 2}}
+        data:
+          class_path: tiered.tasks.Copy
+          init_args: {{lengths: [1, 4], batch_size: 4, train_batches: 4, val_batches: 1}}
+        """))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "tiered.cli", "fit", "--config", str(stack),
+         "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+    shards = sorted(p.name for p in store.iterdir())
+    assert shards == ["rank-0", "rank-1"]
+    rows = [KVStore.open(str(store / name)).rows for name in shards]
+    assert all(n > 0 for n in rows)
+    reader = Disk(str(store), 4, 3, rank=0)
+    assert reader.rows == sum(rows)

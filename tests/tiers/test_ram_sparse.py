@@ -269,6 +269,24 @@ def test_faiss_finds_the_exact_neighbours_on_well_separated_data():
 
 
 @needs_faiss
+def test_faiss_searches_a_sparsely_written_memory_exactly_until_it_fills():
+    torch.manual_seed(0)
+    slots, width = 4096, 8  # 64 inverted lists
+    memory = torch.randn(2, slots, width)
+    written = torch.zeros(2, slots, dtype=torch.bool)
+    written[:, torch.randperm(slots)[:30]] = True  # 30 rows in 64 lists
+    queries = torch.randn(2, 5, width)
+    index = FaissKNN(load_faiss(), 2, slots, width, nprobe=1)
+    index.rebuild(memory, written)
+    assert torch.equal(
+        index.search(memory, written, queries, 8), exact_search(memory, written, queries, 8)
+    )
+    index.exhaustive_rows = 16  # now 30 rows are "many": one list per query is visited
+    approximate = index.search(memory, written, queries, 8)
+    assert (approximate < 0).any()  # one list of ~0.5 rows cannot hold 8 neighbours
+
+
+@needs_faiss
 def test_faiss_after_many_incremental_updates_agrees_with_a_fresh_index():
     torch.manual_seed(0)
     ram = RAM(4096, 16, read_heads=2, k=4, sparse=True, index="faiss", nprobe=4096)
