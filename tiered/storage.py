@@ -42,6 +42,12 @@ class StoreError(ValueError):
     """A store that is missing, malformed, or used in a way it does not allow."""
 
 
+class IncompleteStoreError(StoreError):
+    """A store whose creation has not finished: another process is creating it, or a
+    creation was interrupted. Creation writes the attributes last, so a store without them
+    holds no committed rows."""
+
+
 @dataclass(frozen=True)
 class StoreInfo:
     """What ``tiered rom info`` prints."""
@@ -135,6 +141,11 @@ class KVStore:
             group = zarr.open_group(url, mode="r" if mode == "r" else "r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
             raise StoreError(f"store {url!r} does not exist or is not a zarr group") from error
+        if "committed_rows" not in group.attrs or not {"keys", "values"} <= set(group.keys()):
+            raise IncompleteStoreError(
+                f"store {url!r} is incomplete (no committed_rows attribute yet): another "
+                f"process is creating it, or its creation was interrupted; it holds no rows"
+            )
         return cls(group, url, read_only=mode == "r")
 
     # --------------------------------------------------------------- properties

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from tiered.knn import normalize_rows
-from tiered.storage import KVStore, StoreError
+from tiered.storage import IncompleteStoreError, KVStore, StoreError
 from tiered.tier import Tier, TierOutput, TierStats, write_ticks
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
@@ -104,6 +104,8 @@ class Disk(Tier):
         own = shard_url(self.store_url, self.rank)
         try:
             self.own = KVStore.open(own, mode="a")
+        except IncompleteStoreError:  # an interrupted creation of our own shard: no rows
+            self.own = KVStore.create(own, self.key_width, self.value_width, overwrite=True)
         except StoreError:
             self.own = KVStore.create(own, self.key_width, self.value_width)
         if (self.own.key_width, self.own.value_width) != (self.key_width, self.value_width):
@@ -114,7 +116,10 @@ class Disk(Tier):
             )
         self.shards: list[KVStore] = []
         for url in self._shard_urls():
-            shard = self.own if url == own else KVStore.open(url, mode="r")
+            try:
+                shard = self.own if url == own else KVStore.open(url, mode="r")
+            except IncompleteStoreError:
+                continue  # another rank is creating it now: its rows show in the next run
             if (shard.key_width, shard.value_width) == (self.key_width, self.value_width):
                 self.shards.append(shard)
         self.caches = [ValueCache(shard, self.cache_rows) for shard in self.shards]

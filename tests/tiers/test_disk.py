@@ -104,6 +104,26 @@ def test_checkpoints_record_the_rows_and_reject_a_shorter_store(tmp_path):
     assert (out.aux["disk"].writes == 1).all()
 
 
+def test_a_shard_another_rank_is_still_creating_is_skipped_not_fatal(tmp_path):
+    import zarr
+
+    from tiered.storage import IncompleteStoreError
+
+    store = tmp_path / "disk"
+    writer = Disk(str(store), DK, DV, read_heads=R, rank=0)
+    interface = _interface(writer, torch.randn(2, R, DK), 1.0, torch.randn(2, DK),
+                           torch.randn(2, DV))  # fmt: skip
+    writer(interface, writer.initial_state(2))  # appends 2 rows on its first tick
+    half = zarr.open_group(str(store / "rank-1"), mode="w-")  # as mid-way through create
+    half.create_array("keys", shape=(0, DK), chunks=(8, DK), dtype="float32")
+    with pytest.raises(IncompleteStoreError, match="rank-1' is incomplete"):
+        KVStore.open(str(store / "rank-1"))
+    reader = Disk(str(store), DK, DV, rank=2)
+    assert reader.rows == 2  # rank 0's rows; rank 1's shard is not ready yet
+    own = Disk(str(store), DK, DV, rank=1)  # its own interrupted creation: remade, empty
+    assert own.rows == 2 and KVStore.open(str(store / "rank-1")).rows == 0
+
+
 def test_under_real_ddp_each_rank_fills_its_own_shard_and_a_new_run_reads_both(tmp_path):
     """`tiered fit` with a Disk on 2 gloo processes: two shards, every row visible after."""
     store = tmp_path / "disk"

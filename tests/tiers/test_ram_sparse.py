@@ -12,6 +12,7 @@ from tiered.knn import FaissKNN, exact_search, load_faiss
 from tiered.tiers import RAM
 from tiered.tiers.ram_sparse import SparseRAMState, unique_rows
 from tiered.tiers.ram_sparse_reference import reference_initial_state, reference_step
+from tiered.tiers.sparse_links import merge_entries
 
 B, N, W, R = 3, 7, 4, 2
 needs_faiss = pytest.mark.skipif(load_faiss() is None, reason="faiss is not installed")
@@ -77,6 +78,16 @@ def test_with_small_k_sparse_matches_the_reference_restricted_to_k_rows():
     g = torch.randn_like(sparse_reads)
     grads = [torch.autograd.grad(r, interfaces, g)[0] for r in (sparse_reads, reference_reads)]
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_merge_entries_sums_equal_rows_keeps_the_largest_and_pads_with_zero():
+    rows = torch.tensor([[3, 5, 3, 0, 7], [2, 2, 0, 0, 0]])
+    values = torch.tensor([[0.1, 0.3, 0.25, 0.9, 0.0], [0.2, 0.5, 0.0, 0.0, 0.0]])
+    ids, summed = merge_entries(rows, values, 3)
+    assert ids.tolist() == [[3, 5, 0], [2, 0, 0]]  # row 3: 0.35; row 7 (0.0) and id 0 dropped
+    torch.testing.assert_close(summed, torch.tensor([[0.35, 0.3, 0.0], [0.7, 0.0, 0.0]]))
+    ids, _ = merge_entries(rows, values, 7)  # wider than the input: padded
+    assert ids.shape == (2, 7) and ids[:, 3:].abs().sum() == 0
 
 
 def _dense_from_tables(rows: torch.Tensor, values: torch.Tensor, transpose: bool):
