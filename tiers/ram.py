@@ -252,7 +252,15 @@ class RAM(Tier):
         last_access = torch.full((B, self.slots), -1, device=device, dtype=torch.long)
         return self._sparse_state(memory, written, last_access)
 
-    def _sparse_state(self, memory: Tensor, written: Tensor, last_access: Tensor) -> SparseRAMState:
+    def _sparse_state(
+        self,
+        memory: Tensor,
+        written: Tensor,
+        last_access: Tensor,
+        links: LinkTables | None = None,
+    ) -> SparseRAMState:
+        """A state over these buffers (links: fresh empty tables when None), with its caches
+        (kNN index, usage heap) built from them."""
         B, device = memory.shape[0], memory.device
         backend = resolve_backend(self.index, self.slots, device)
         if backend == "faiss":
@@ -260,7 +268,11 @@ class RAM(Tier):
         index = make_index(backend, B, self.slots, self.width, self.nprobe)
         index.rebuild(memory, written)
         tables = (
-            LinkTables.empty(B, self.slots, self.links, memory.dtype, device)
+            (
+                links
+                if links is not None
+                else LinkTables.empty(B, self.slots, self.links, memory.dtype, device)
+            )
             if self.links
             else None
         )
@@ -273,6 +285,7 @@ class RAM(Tier):
             precedence_rows=torch.zeros(B, self.links, device=device, dtype=torch.long),
             precedence=torch.zeros(B, self.links, device=device, dtype=memory.dtype),
             last_access=last_access,
+            links=tables,
             token=torch.zeros((), device=device, dtype=memory.dtype),
             clock=torch.zeros(B, device=device, dtype=torch.long),
             tape=tape,
@@ -288,9 +301,10 @@ class RAM(Tier):
             if isinstance(state.tape, SparseTape)
             else (state.last_access >= 0)
         )
-        fresh = self._sparse_state(memory, written, state.last_access.to(memory.device).clone())
-        if isinstance(state.tape, SparseTape) and state.tape.links is not None:
-            fresh.tape.links = state.tape.links.clone()
+        links = None if state.links is None else state.links.clone()
+        fresh = self._sparse_state(
+            memory, written, state.last_access.to(memory.device).clone(), links
+        )
         return fresh._replace(
             read_weights=state.read_weights.detach().clone(),
             read_indices=state.read_indices.clone(),

@@ -35,7 +35,13 @@ import torch
 from torch import Tensor
 
 from tiered.tiers.addressing import attend_rows, oneplus
-from tiered.tiers.sparse_links import follow_links, merge_entries, update_links, update_precedence
+from tiered.tiers.sparse_links import (
+    LinkTables,
+    follow_links,
+    merge_entries,
+    update_links,
+    update_precedence,
+)
 from tiered.tiers.sparse_tape import DELTA, SparseTape, _GatherRows, _WriteRows
 
 __all__ = ["DELTA", "SparseRAMState", "SparseTape", "sparse_step", "unique_rows"]
@@ -107,6 +113,8 @@ class SparseRAMState(NamedTuple):
         precedence_rows: (B, KL) rows + 1 of the precedence's largest entries (0: none).
         precedence: (B, KL) their values (detached); KL = 0 without links.
         last_access: (B, N) step of each row's last access, -1 never (in place).
+        links: the link tables (B, N, KL) each, in place (shared with the tape); None
+            without links.
         token: () the link that orders the steps' backward passes.
         clock: (B,) steps taken.
         tape: the ``SparseTape`` (buffers, kNN index, usage heap, rollback record).
@@ -118,6 +126,7 @@ class SparseRAMState(NamedTuple):
     precedence_rows: Tensor
     precedence: Tensor
     last_access: Tensor
+    links: LinkTables | None
     token: Tensor
     clock: Tensor
     tape: Any
@@ -282,6 +291,7 @@ def sparse_step(
         precedence_rows=precedence_rows,
         precedence=precedence,
         last_access=tape.last_access,
+        links=links,
         token=token,
         clock=state.clock + 1,
         tape=tape,
