@@ -126,8 +126,16 @@ class LSTMController(Controller):
             else None
         )
         if self.input_skip is not None:
+            identity = identity_into_queries(self.tiers, input_size)
+            if not identity.any():
+                widths = sorted({q.stop - q.start for t in tiers for q in t.query_slices})
+                raise ValueError(
+                    f"LSTMController: input_skip=True needs a tier whose queries are as wide "
+                    f"as the input ({input_size}); the tiers' query widths are {widths}. "
+                    f"Set input_skip=False or match the widths"
+                )
             with torch.no_grad():
-                self.input_skip.weight.copy_(identity_into_queries(self.tiers, input_size))
+                self.input_skip.weight.copy_(identity)
         self.output = nn.Linear(S + self.reads_size, output_size)
 
     @property

@@ -42,6 +42,10 @@ class StoreError(ValueError):
     """A store that is missing, malformed, or used in a way it does not allow."""
 
 
+class StoreNotFoundError(StoreError):
+    """No store at the URL."""
+
+
 class IncompleteStoreError(StoreError):
     """A store whose creation has not finished: another process is creating it, or a
     creation was interrupted. Creation writes the attributes last, so a store without them
@@ -136,12 +140,16 @@ class KVStore:
             raise StoreError(f"store: mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         url = _describe(url)
         if "://" not in url and not Path(url).exists():
-            raise StoreError(f"store {url!r} does not exist")
+            raise StoreNotFoundError(f"store {url!r} does not exist")
         try:
             group = zarr.open_group(url, mode="r" if mode == "r" else "r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
-            raise StoreError(f"store {url!r} does not exist or is not a zarr group") from error
-        if "committed_rows" not in group.attrs or not {"keys", "values"} <= set(group.keys()):
+            raise StoreNotFoundError(
+                f"store {url!r} does not exist or is not a zarr group"
+            ) from error
+        if not dict(group.attrs) and set(group.keys()) <= {"keys", "values"}:
+            # No attributes yet and nothing but our arrays: a creation not finished. Any
+            # other group fails the format check in __init__ (never mistaken for ours).
             raise IncompleteStoreError(
                 f"store {url!r} is incomplete (no committed_rows attribute yet): another "
                 f"process is creating it, or its creation was interrupted; it holds no rows"

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from tiered.knn import normalize_rows
-from tiered.storage import IncompleteStoreError, KVStore, StoreError
+from tiered.storage import IncompleteStoreError, KVStore, StoreError, StoreNotFoundError
 from tiered.tier import Tier, TierOutput, TierStats, write_ticks
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
@@ -106,7 +106,7 @@ class Disk(Tier):
             self.own = KVStore.open(own, mode="a")
         except IncompleteStoreError:  # an interrupted creation of our own shard: no rows
             self.own = KVStore.create(own, self.key_width, self.value_width, overwrite=True)
-        except StoreError:
+        except StoreNotFoundError:
             self.own = KVStore.create(own, self.key_width, self.value_width)
         if (self.own.key_width, self.own.value_width) != (self.key_width, self.value_width):
             raise StoreError(

@@ -295,6 +295,11 @@ class RAM(Tier):
         """A sparse state over a copy of ``state``'s buffers with its caches (kNN index,
         usage heap) rebuilt from them: after loading, after a device move, or to branch a
         sequence. Read weights and the clock carry over."""
+        if state.precedence.shape[-1] != self.links:
+            raise ValueError(
+                f"RAM '{self.name}': the state was made with links="
+                f"{state.precedence.shape[-1]}, this RAM has links={self.links}"
+            )
         memory = state.memory.detach().clone()
         written = (
             state.tape.written.clone()

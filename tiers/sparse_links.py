@@ -13,7 +13,9 @@ only the rows it can change: the written rows, the precedence's rows, and the ro
 to or from a written row, O(S KL) rows of KL entries for S written rows, whatever N is.
 Both tables follow the formula on their own; while no list overflows they hold exactly the
 rows and columns of the dense L (the tests compare them with it), beyond that each keeps
-its largest entries, as in the paper.
+its largest entries, as in the paper. Once a list has overflowed, one table may keep a
+link the other dropped; such a one-sided link is no longer decayed when its other end is
+rewritten, so reads use a link only while both tables hold it.
 
 Reads follow the links from the previous read rows: forward f = L r (successors of the rows
 read), backward b = L^T r (their predecessors), at most K KL rows each per head.
@@ -72,7 +74,15 @@ class LinkTables(NamedTuple):
         )
 
     def clone(self) -> LinkTables:
-        return LinkTables(*(t.clone() for t in self))
+        """A copy into fresh lazily zeroed tables: only rows holding links are copied, so
+        untouched pages stay non-resident."""
+        B, N, KL = self.pred.shape
+        used = (self.pred_rows > 0).any(-1) | (self.succ_rows > 0).any(-1)  # (B, N)
+        flat = torch.nonzero(used.reshape(-1)).flatten()
+        out = LinkTables.empty(B, N, KL, self.pred.dtype, self.pred.device)
+        for source, target in zip(self, out, strict=True):
+            target.view(B * N, KL).index_copy_(0, flat, source.reshape(B * N, KL)[flat])
+        return out
 
 
 def merge_entries(rows: Tensor, values: Tensor, keep: int) -> tuple[Tensor, Tensor]:
@@ -174,7 +184,9 @@ def update_links(
     B, _, KL = tables.pred.shape
     S = rows.shape[1]
     written = torch.where(rows >= 0, rows + 1, 0)  # (B, S) as ids
-    full = torch.cat([written, prec_rows], dim=1)  # (B, F) ids, 0 padding
+    # Precedence rows that are also written are listed once (index_copy_ gets no duplicates).
+    prec_only = prec_rows * (weight_of(prec_rows, rows, torch.ones_like(weights)) == 0)
+    full = torch.cat([written, prec_only], dim=1)  # (B, F) distinct ids, 0 padding
     neighbours_after = _rows_of(tables.succ_rows, written).flatten(1)  # rows written after C
     neighbours_before = _rows_of(tables.pred_rows, written).flatten(1)  # rows C came after
     live = full > 0
@@ -224,9 +236,14 @@ def follow_links(
     ids_table, value_table = (
         (tables.succ_rows, tables.succ) if forward else (tables.pred_rows, tables.pred)
     )
+    mirror = tables.pred_rows if forward else tables.succ_rows
     KL = ids_table.shape[-1]
     index = read_rows.clamp_min(0).reshape(B, R * K, 1).expand(-1, -1, KL)
     ids = ids_table.gather(1, index).view(B, R, K, KL) * (read_rows >= 0).unsqueeze(-1)
+    # Use a link only while the other table holds it too: after a list overflowed, one table
+    # may keep a link the other dropped, and only the kept side stops being decayed.
+    back = _rows_of(mirror, ids.reshape(B, R * K * KL)).view(B, R, K, KL, KL)
+    ids = ids * (back == (read_rows + 1)[..., None, None]).any(-1)
     links = value_table.gather(1, index).view(B, R, K, KL).to(read_weights.dtype)
     weights = (read_weights.unsqueeze(-1) * links).reshape(B, R, K * KL)
     ids, weights = merge_entries(ids.reshape(B, R, K * KL), weights, K * KL)

@@ -122,6 +122,13 @@ def test_a_shard_another_rank_is_still_creating_is_skipped_not_fatal(tmp_path):
     assert reader.rows == 2  # rank 0's rows; rank 1's shard is not ready yet
     own = Disk(str(store), DK, DV, rank=1)  # its own interrupted creation: remade, empty
     assert own.rows == 2 and KVStore.open(str(store / "rank-1")).rows == 0
+    other = zarr.open_group(str(store / "rank-3"), mode="w-")  # someone else's group
+    other.attrs["note"] = "not a tiered store"
+    with pytest.raises(StoreError, match="is not a tiered key/value store"):
+        _ = Disk(str(store), DK, DV, rank=3).rows  # refused, never overwritten
+    assert dict(zarr.open_group(str(store / "rank-3"), mode="r").attrs) == {
+        "note": "not a tiered store"
+    }
 
 
 def test_under_real_ddp_each_rank_fills_its_own_shard_and_a_new_run_reads_both(tmp_path):

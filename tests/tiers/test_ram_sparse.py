@@ -12,7 +12,13 @@ from tiered.knn import FaissKNN, exact_search, load_faiss
 from tiered.tiers import RAM
 from tiered.tiers.ram_sparse import SparseRAMState, unique_rows
 from tiered.tiers.ram_sparse_reference import reference_initial_state, reference_step
-from tiered.tiers.sparse_links import merge_entries
+from tiered.tiers.sparse_links import (
+    LinkTables,
+    follow_links,
+    merge_entries,
+    update_links,
+    update_precedence,
+)
 
 B, N, W, R = 3, 7, 4, 2
 needs_faiss = pytest.mark.skipif(load_faiss() is None, reason="faiss is not installed")
@@ -124,6 +130,34 @@ def test_truncated_link_lists_keep_at_most_links_entries_of_written_rows():
         assert state.tape.written.any() and (values <= 1).all()
         assert all(state.tape.written[b, ids[b][ids[b] > 0] - 1].all() for b in range(B))
         assert linked.numel() > 0
+
+
+def test_a_link_one_table_dropped_is_not_followed_after_its_row_is_rewritten():
+    """KL = 1: write row 0, then rows 1 and 2 (0.6, 0.4), then row 0 again. The dense L has
+    L[2, 0] = 0, but row 2's predecessor list still holds row 0 (the successor list of row 0
+    kept only row 1, so rewriting row 0 could not reach it): it must not be followed."""
+    tables = LinkTables.empty(1, 4, 1, torch.float64, "cpu")
+    prec_rows, prec = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.float64)
+    for rows, weights in (([0], [1.0]), ([1, 2], [0.6, 0.4]), ([0], [1.0])):
+        rows, weights = torch.tensor([rows]), torch.tensor([weights], dtype=torch.float64)
+        update_links(tables, prec_rows, prec, rows, weights)
+        prec_rows, prec = update_precedence(prec_rows, prec, rows, weights, 1)
+    assert tables.pred_rows[0, 2, 0] == 1  # the stale entry (row 0 + 1) is still stored
+    read = torch.ones(1, 1, 1, dtype=torch.float64)
+    rows, weights = follow_links(tables, torch.tensor([[[2]]]), read, forward=False)
+    assert weights.sum() == 0 and (rows < 0).all()
+    rows, weights = follow_links(tables, torch.tensor([[[1]]]), read, forward=False)
+    assert weights.sum() == 0  # row 1's predecessor, row 0, was rewritten too
+
+
+def test_cloned_link_tables_copy_only_rows_with_links():
+    ram = RAM(64, 4, read_heads=1, k=2, links=3, sparse=True, index="exact").double()
+    _, state = run_sparse(ram, torch.randn(2, 5, ram.interface_size, dtype=torch.float64))
+    copy = state.links.clone()
+    for a, b in zip(state.links, copy, strict=True):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    with pytest.raises(ValueError, match="made with links=3, this RAM has links=0"):
+        RAM(64, 4, read_heads=1, k=2, links=0, sparse=True, index="exact").rebuild_state(state)
 
 
 def test_forward_and_backward_reads_follow_the_order_of_writes():
