@@ -12,6 +12,7 @@ Named dimensions: B batch, T time, I input size, O output size, S register hidde
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -80,7 +81,8 @@ class LSTMController(Controller):
         input_skip: add a trainable linear map S of the step's input to the interface. It
             starts as the identity into every tier query (``Tier.query_slices``) as wide as
             the input, and zero elsewhere, so that such tiers are first queried with the
-            input itself (e.g. a ROM looked up by the key given as input).
+            input itself (e.g. a ROM looked up by the key given as input); with no such
+            query it starts at zero, with a warning.
     """
 
     def __init__(
@@ -129,10 +131,11 @@ class LSTMController(Controller):
             identity = identity_into_queries(self.tiers, input_size)
             if not identity.any():
                 widths = sorted({q.stop - q.start for t in tiers for q in t.query_slices})
-                raise ValueError(
-                    f"LSTMController: input_skip=True needs a tier whose queries are as wide "
-                    f"as the input ({input_size}); the tiers' query widths are {widths}. "
-                    f"Set input_skip=False or match the widths"
+                warnings.warn(
+                    f"LSTMController: input_skip=True but no tier query is as wide as the "
+                    f"input ({input_size}; the tiers' query widths are {widths}), so the skip "
+                    f"starts at zero instead of the identity",
+                    stacklevel=2,
                 )
             with torch.no_grad():
                 self.input_skip.weight.copy_(identity)
