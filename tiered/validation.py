@@ -8,28 +8,25 @@ from collections.abc import Iterable
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-def check_positive_int(owner: str, field: str, value: object) -> int:
-    """Return ``value`` if it is an integer >= 1, else raise naming ``owner.field``."""
+def _check_int(owner: str, field: str, value: object, minimum: int, kind: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
-            f"{owner}: {field} must be a positive integer, got {value!r} "
+            f"{owner}: {field} must be a {kind} integer, got {value!r} "
             f"of type {type(value).__name__}"
         )
-    if value < 1:
-        raise ValueError(f"{owner}: {field} must be a positive integer (>= 1), got {value}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {field} must be a {kind} integer (>= {minimum}), got {value}")
     return value
+
+
+def check_positive_int(owner: str, field: str, value: object) -> int:
+    """Return ``value`` if it is an integer >= 1, else raise naming ``owner.field``."""
+    return _check_int(owner, field, value, 1, "positive")
 
 
 def check_non_negative_int(owner: str, field: str, value: object) -> int:
     """Return ``value`` if it is an integer >= 0, else raise naming ``owner.field``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{owner}: {field} must be a non-negative integer, got {value!r} "
-            f"of type {type(value).__name__}"
-        )
-    if value < 0:
-        raise ValueError(f"{owner}: {field} must be an integer >= 0, got {value}")
-    return value
+    return _check_int(owner, field, value, 0, "non-negative")
 
 
 def check_non_negative_float(owner: str, field: str, value: object) -> float:

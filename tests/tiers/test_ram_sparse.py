@@ -279,7 +279,9 @@ def test_auto_mode_and_sizes():
     ram = RAM(2048, 8, read_heads=3)
     assert ram.interface_size == 3 * 9 + 2 * 8 + 2 + 3 * 3  # + read modes of the links
     assert RAM(2048, 8, read_heads=3, links=0).interface_size == 3 * 9 + 2 * 8 + 2
-    with pytest.raises(ValueError, match="RAM: links must be an integer >= 0, got -1"):
+    with pytest.raises(
+        ValueError, match="RAM: links must be a non-negative integer \\(>= 0\\), got -1"
+    ):
         RAM(2048, 8, links=-1)
     with pytest.raises(ValueError, match="sparse mode has one write head"):
         RAM(2048, 8, write_heads=2)
