@@ -1,25 +1,20 @@
 """RAM: main memory, the access module of the Differentiable Neural Computer.
 
-Dense mode (this file): content addressing, usage with free gates and sort-based
-allocation, the temporal link matrix with precedence, and forward/backward reads mixed by
-read modes, with several read and write heads. Cost per step: time
-O(B (R + 1) H N^2 + B (R + H) N W + B H N log N) (the link update and the forward/backward
-reads, content addressing and the write, one sort per write head); memory O(B H N^2) for
-the links. Off the tier's ticks the write path is still computed, with zero weights.
+One tier with two modes: dense (``tiered.tiers.ram_dense``: the full DNC) and sparse
+(``tiered.tiers.ram_sparse``: SAM and the sparse DNC). This file holds the module: its
+arguments, states, and the dispatch of each step to the mode's pure step function.
 
 Named dimensions: B batch, N slots, W width, R read heads, H write heads.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
 from tiered.knn import make_index, resolve_backend, set_faiss_threads
 from tiered.tier import Tier, TierOutput, TierStats, write_ticks
-from tiered.tiers import addressing, linkage
+from tiered.tiers.ram_dense import RAMState, dense_step, ram_interface_size
 from tiered.tiers.ram_sparse import (
     SparseRAMState,
     SparseTape,
@@ -31,112 +26,6 @@ from tiered.validation import check_choice, check_non_negative_int, check_positi
 
 # sparse="auto" switches to sparse mode above this many slots.
 SPARSE_AUTO_SLOTS = 1024
-
-
-class RAMState(NamedTuple):
-    """Per-sequence state of the dense RAM.
-
-    Attributes:
-        memory: (B, N, W) the memory matrix M.
-        read_weights: (B, R, N) the last read weights w^r.
-        write_weights: (B, H, N) this step's write weights w^w (zero off the tier's ticks).
-        precedence: (B, H, N) precedence p of each write head.
-        link: (B, H, N, N) temporal link matrix L of each write head.
-        usage: (B, N) usage u in [0, 1].
-        clock: (B,) steps taken, an integer tensor.
-    """
-
-    memory: Tensor
-    read_weights: Tensor
-    write_weights: Tensor
-    precedence: Tensor
-    link: Tensor
-    usage: Tensor
-    clock: Tensor
-
-
-class RAMInterface(NamedTuple):
-    """The controller's interface vector split and squashed for the RAM.
-
-    Attributes:
-        read_keys: (B, R, W).
-        read_strengths: (B, R), >= 1.
-        free_gates: (B, R) in [0, 1].
-        read_modes: (B, R, 1 + 2H), a softmax: H backward, 1 content, H forward modes.
-        write_keys: (B, H, W).
-        write_strengths: (B, H), >= 1.
-        erase: (B, H, W) in [0, 1].
-        write_vectors: (B, H, W).
-        allocation_gates: (B, H) in [0, 1].
-        write_gates: (B, H) in [0, 1].
-    """
-
-    read_keys: Tensor
-    read_strengths: Tensor
-    free_gates: Tensor
-    read_modes: Tensor
-    write_keys: Tensor
-    write_strengths: Tensor
-    erase: Tensor
-    write_vectors: Tensor
-    allocation_gates: Tensor
-    write_gates: Tensor
-
-
-def ram_interface_size(width: int, read_heads: int, write_heads: int) -> int:
-    """R (W + 3 + 2H) + H (3W + 3) features: see ``parse_ram_interface``."""
-    return read_heads * (width + 3 + 2 * write_heads) + write_heads * (3 * width + 3)
-
-
-def parse_ram_interface(
-    interface: Tensor, width: int, read_heads: int, write_heads: int
-) -> RAMInterface:
-    """Split (B, ram_interface_size) into the named, squashed parts of ``RAMInterface``.
-
-    Layout: R read keys (W each), R read strengths, R free gates, R x (1 + 2H) read modes,
-    H write keys (W each), H write strengths, H erase vectors (W each), H write vectors
-    (W each), H allocation gates, H write gates.
-    """
-    B, W, R, H = interface.shape[0], width, read_heads, write_heads
-    sizes = [R * W, R, R, R * (1 + 2 * H), H * W, H, H * W, H * W, H, H]
-    parts = torch.split(interface, sizes, dim=-1)
-    return RAMInterface(
-        read_keys=parts[0].reshape(B, R, W),
-        read_strengths=addressing.oneplus(parts[1]),
-        free_gates=torch.sigmoid(parts[2]),
-        read_modes=torch.softmax(parts[3].reshape(B, R, 1 + 2 * H), dim=-1),
-        write_keys=parts[4].reshape(B, H, W),
-        write_strengths=addressing.oneplus(parts[5]),
-        erase=torch.sigmoid(parts[6].reshape(B, H, W)),
-        write_vectors=parts[7].reshape(B, H, W),
-        allocation_gates=torch.sigmoid(parts[8]),
-        write_gates=torch.sigmoid(parts[9]),
-    )
-
-
-def mix_read_weights(
-    read_modes: Tensor, content: Tensor, forward: Tensor, backward: Tensor
-) -> Tensor:
-    """w^r = sum_h pi^b_h b_h + pi^c c + sum_h pi^f_h f_h.
-
-    Args:
-        read_modes: (B, R, 1 + 2H): backward modes, content mode, forward modes.
-        content: (B, R, N).
-        forward: (B, R, H, N).
-        backward: (B, R, H, N).
-
-    Returns:
-        (B, R, N).
-    """
-    H = forward.shape[2]
-    backward_mode = read_modes[..., :H].unsqueeze(-1)  # (B, R, H, 1)
-    content_mode = read_modes[..., H : H + 1]  # (B, R, 1)
-    forward_mode = read_modes[..., H + 1 :].unsqueeze(-1)  # (B, R, H, 1)
-    return (
-        content_mode * content
-        + (forward_mode * forward).sum(dim=2)
-        + (backward_mode * backward).sum(dim=2)
-    )
 
 
 class RAM(Tier):
@@ -331,60 +220,20 @@ class RAM(Tier):
         self.check_interface(interface, state.clock)
         tick = write_ticks(state.clock, self.period)  # (B,)
         if self.sparse:
-            return self._sparse_forward(interface, state, tick)  # type: ignore[arg-type]
-        p = parse_ram_interface(interface, self.width, self.read_heads, self.write_heads)
-
-        # Write: usage from the last write and this step's free gates, then allocation.
-        usage = addressing.update_usage(
-            state.usage, state.write_weights, state.read_weights, p.free_gates
-        )
-        allocation = addressing.write_allocation_weights(usage, p.allocation_gates * p.write_gates)
-        write_content = addressing.content_weights(state.memory, p.write_keys, p.write_strengths)
-        write_weights = addressing.write_weights(
-            allocation, write_content, p.allocation_gates, p.write_gates
-        )  # (B, H, N)
-        # Off ticks the write weights are zero, so memory, links and precedence are carried
-        # exactly (x * 1 + 0); usage still follows the free gates every step.
-        write_weights = write_weights * tick.to(write_weights.dtype)[:, None, None]
-        memory, erased = addressing.erase_and_write(
-            state.memory, write_weights, p.erase, p.write_vectors
-        )
-        link = linkage.update_link(state.link, state.precedence, write_weights)
-        precedence = linkage.update_precedence(state.precedence, write_weights)
-        # Read: content on the new memory, forward/backward along the links.
-        read_content = addressing.content_weights(memory, p.read_keys, p.read_strengths)
-        forward = linkage.directional_read_weights(link, state.read_weights, forward=True)
-        backward = linkage.directional_read_weights(link, state.read_weights, forward=False)
-        read_weights = mix_read_weights(p.read_modes, read_content, forward, backward)
-        words = addressing.read_words(memory, read_weights)  # (B, R, W)
-
-        B = interface.shape[0]
-        next_state = RAMState(
-            memory=memory,
-            read_weights=read_weights,
-            write_weights=write_weights,
-            precedence=precedence,
-            link=link,
-            usage=usage,
-            clock=state.clock + 1,
-        )
-        stats = TierStats(
-            rewrite=erased,
-            reads=interface.new_full((B,), float(self.read_heads)).detach(),
-            writes=(tick.to(interface.dtype) * self.write_heads).detach(),
-            slots_in_use=usage.sum(dim=-1).detach(),
-        )
-        return TierOutput(words.reshape(B, -1), next_state, stats)
-
-    def _sparse_forward(self, interface: Tensor, state: SparseRAMState, tick: Tensor) -> TierOutput:
-        words, next_state, erased, in_use = sparse_step(
-            interface, state, width=self.width, read_heads=self.read_heads, k=self.k, tick=tick
-        )
+            words, next_state, erased, in_use = sparse_step(
+                interface, state, width=self.width, read_heads=self.read_heads, k=self.k,
+                tick=tick,
+            )  # type: ignore[arg-type]  # fmt: skip
+        else:
+            words, next_state, erased, in_use = dense_step(
+                interface, state, width=self.width, read_heads=self.read_heads,
+                write_heads=self.write_heads, tick=tick,
+            )  # type: ignore[arg-type]  # fmt: skip
         B = interface.shape[0]
         stats = TierStats(
             rewrite=erased,
             reads=interface.new_full((B,), float(self.read_heads)).detach(),
-            writes=tick.to(interface.dtype).detach(),
+            writes=(tick.to(interface.dtype) * self.write_heads).detach(),  # sparse: H = 1
             slots_in_use=in_use.detach(),
         )
         return TierOutput(words, next_state, stats)

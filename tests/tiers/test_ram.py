@@ -8,7 +8,7 @@ from torch.autograd import gradcheck
 
 from tiered.tier import TierStats
 from tiered.tiers import RAM, RAMState
-from tiered.tiers.ram import parse_ram_interface, ram_interface_size
+from tiered.tiers.ram_dense import parse_ram_interface, ram_interface_size
 
 B, N, W, R, H = 7, 13, 5, 2, 2
 BIG = 30.0  # a logit that saturates a sigmoid gate
