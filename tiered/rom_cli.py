@@ -67,14 +67,16 @@ def build(args: argparse.Namespace) -> int:
     target = f"{out}.building-{os.getpid()}" if local else out
     store = KVStore.create(target, keys.shape[1], values.shape[1], dtype=args.dtype,
                            chunk_rows=args.chunk_rows, overwrite=not local)  # fmt: skip
-    total, start, step = keys.shape[0], time.perf_counter(), max(args.chunk_rows, 65536)
+    # Appends of whole chunks: a batch that started mid-chunk would make zarr rewrite it.
+    step = args.chunk_rows * max(1, 65536 // args.chunk_rows)
+    total, start = keys.shape[0], time.perf_counter()
     try:
         for begin in range(0, total, step):
             end = min(total, begin + step)
             store.append(np.asarray(keys[begin:end]), np.asarray(values[begin:end]))
             _progress(end, total, start)
         print(file=sys.stderr)
-        faiss = load_faiss()
+        faiss = load_faiss() if args.index != "none" else None
         if args.index == "faiss" or (args.index == "auto" and faiss is not None):
             if faiss is None:
                 raise StoreError("rom build: --index faiss needs FAISS (pip install tiered[faiss])")

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_markdown
 
+from tiered import detach_state
 from tiered.malloc import tune_malloc
 from tiered.tiers import RAM
 
@@ -72,12 +73,9 @@ def worker(mode: str, slots: int, repeats: int) -> dict:
         torch.stack(reads, 1).pow(2).mean().backward()
         elapsed = time.perf_counter() - start
         layer.zero_grad(set_to_none=True)
-        if mode == "dense":
-            state = ram.initial_state(B)  # dense states are values: start a new sequence
-        else:
-            from tiered import detach_state
-
-            state = detach_state(state)  # continue the sequence, as truncated BPTT would
+        # Dense states are values: start a new sequence. Sparse ones continue the sequence,
+        # detached, as truncated BPTT would.
+        state = ram.initial_state(B) if mode == "dense" else detach_state(state)
         if i > 0:
             times.append(elapsed / T)
     peak = _status_kib("VmHWM")

@@ -57,14 +57,15 @@ def main(argv: list[str]) -> int:
         return 2
     out = args.out or Path("runs") / "sweeps" / args.file.stem
     runs = spec.runs()
+    statuses = {run.name: read_status(out / run.name) for run in runs}  # read once
     if args.dry_run:
         for run in runs:
-            state = read_status(out / run.name).get("state", "pending")
+            state = statuses[run.name].get("state", "pending")
             print(f"{run.name}\t{state}\ttiered fit {' '.join(run.args)}")
         print(f"{len(runs)} runs in {out}")
         return 0
     for run in runs:  # a folder made by another sweep must not be reused silently
-        previous = read_status(out / run.name).get("args")
+        previous = statuses[run.name].get("args")
         if previous is not None and previous != list(run.args):
             print(
                 f"error: {out / run.name} was made with other arguments than this sweep gives "
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> int:
     (out / "runs.json").write_text(
         json.dumps([run.__dict__ for run in runs], indent=2, default=str)
     )
-    todo = [run for run in runs if read_status(out / run.name).get("state") != "finished"]
+    todo = [run for run in runs if statuses[run.name].get("state") != "finished"]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -77,9 +77,9 @@ class SweepSpec:
                     parts.append(f"{short[key]}={_format(value)}")
                     args += [f"--{key}", _as_arg(value)]
             variant = ",".join(parts) if parts else "base"
+            config_args = [a for p in self.base for a in ("--config", str(p))]
             for seed in self.seeds:
                 seed_args = ["--seed_everything", str(seed), "--data.init_args.seed", str(seed)]
-                config_args = [a for p in self.base for a in ("--config", str(p))]
                 runs.append(
                     Run(
                         name=_safe(f"{variant},seed={seed}"),
