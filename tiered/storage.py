@@ -66,10 +66,6 @@ class StoreInfo:
     index: str
 
 
-def _describe(url: str | Path) -> str:
-    return str(url)
-
-
 class KVStore:
     """An open key/value store. Use ``KVStore.create`` or ``KVStore.open``."""
 
@@ -106,7 +102,7 @@ class KVStore:
                             ("chunk_rows", chunk_rows)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise StoreError(f"store: {name} must be a positive integer, got {value!r}")
-        url = _describe(url)
+        url = str(url)
         try:
             group = zarr.open_group(url, mode="w" if overwrite else "w-")
         except (
@@ -138,7 +134,7 @@ class KVStore:
         """Open a store read-only (``"r"``) or for appending (``"a"``)."""
         if mode not in ("r", "a"):
             raise StoreError(f"store: mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
-        url = _describe(url)
+        url = str(url)
         if "://" not in url and not Path(url).exists():
             raise StoreNotFoundError(f"store {url!r} does not exist")
         try:
@@ -188,24 +184,33 @@ class KVStore:
         )
 
     # ------------------------------------------------------------------- reads
-    def read_keys(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Keys of committed rows [start, stop) as float32 (rows, key_width)."""
+    def _read(self, array: Any, start: int, stop: int | None) -> np.ndarray:
         stop = self.rows if stop is None else min(stop, self.rows)
-        return np.asarray(self.keys[start:stop], dtype=np.float32)
+        return np.asarray(array[start:stop], dtype=np.float32)
 
-    def read_values(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Values of committed rows [start, stop) as float32 (rows, value_width)."""
-        stop = self.rows if stop is None else min(stop, self.rows)
-        return np.asarray(self.values[start:stop], dtype=np.float32)
-
-    def take_values(self, rows: np.ndarray) -> np.ndarray:
-        """Values of the given committed rows (any order, repeats allowed): (n, value_width)."""
+    def _take(self, array: Any, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
             raise StoreError(f"store {self.url!r}: rows must lie in [0, {self.rows})")
-        unique, inverse = np.unique(rows, return_inverse=True)
-        fetched = np.asarray(self.values.get_orthogonal_selection((unique, slice(None))))
-        return fetched.astype(np.float32)[inverse]
+        unique, inverse = np.unique(rows, return_inverse=True)  # zarr reads sorted, once
+        fetched = np.asarray(array.get_orthogonal_selection((unique, slice(None))))
+        return fetched.astype(np.float32)[inverse.reshape(-1)]
+
+    def read_keys(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Keys of committed rows [start, stop) as float32 (rows, key_width)."""
+        return self._read(self.keys, start, stop)
+
+    def read_values(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Values of committed rows [start, stop) as float32 (rows, value_width)."""
+        return self._read(self.values, start, stop)
+
+    def take_keys(self, rows: np.ndarray) -> np.ndarray:
+        """Keys of the given committed rows (any order, repeats allowed): (n, key_width)."""
+        return self._take(self.keys, rows)
+
+    def take_values(self, rows: np.ndarray) -> np.ndarray:
+        """Values of the given committed rows (any order, repeats allowed): (n, value_width)."""
+        return self._take(self.values, rows)
 
     # ------------------------------------------------------------------ writes
     def append(self, keys: np.ndarray, values: np.ndarray) -> int:

@@ -69,10 +69,7 @@ class KeyValueLookup(SequenceTask):
     def example(self, rng: np.random.Generator, split: str) -> Example:
         store = self._open()
         rows = rng.integers(0, self.rows, size=self.queries)
-        order = np.argsort(rows)
-        keys = np.empty((self.queries, self.key_width), dtype=np.float32)
-        keys[order] = store.keys.get_orthogonal_selection((rows[order], slice(None)))
-        values = store.take_values(rows)
+        keys, values = store.take_keys(rows), store.take_values(rows)
         if self.noise:
             keys = keys + rng.normal(0.0, self.noise, size=keys.shape).astype(np.float32)
         targets = (values > 0).astype(np.float32)
