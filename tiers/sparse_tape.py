@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import heapq
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from tiered.knn import KNNIndex
 from tiered.state import Opaque
-from tiered.tiers.sparse_links import LinkTables
+from tiered.tiers.sparse_links import LinkTables, lazy_zeros
 
 DELTA = 0.005  # a weight above this counts as an access (SAM's delta)
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
 class Segment:
@@ -143,11 +141,7 @@ class SparseTape(Opaque):
         cleared after each backward.
         """
         if self.grad is None or self.grad.shape != self.memory.shape:
-            if self.memory.device.type == "cpu" and self.memory.dtype in _NUMPY_DTYPES:
-                zeros = np.zeros(tuple(self.memory.shape), dtype=_NUMPY_DTYPES[self.memory.dtype])
-                self.grad = torch.from_numpy(zeros)
-            else:
-                self.grad = torch.zeros_like(self.memory)
+            self.grad = lazy_zeros(tuple(self.memory.shape), self.memory.dtype, self.memory.device)
         return self.grad
 
 
