@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo clean gpu-wheels
 
 # Trains Register + Cache + RAM on copy (lengths 1..10) for a few minutes on CPU, then prints
 # validation (lengths 1..10) and test (lengths 21..40, generalisation) tables. Logs, the
@@ -34,6 +34,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tiered fit --config experiments/tasks/copy.yaml --config experiments/stacks/cache_ram.yaml \
 		--trainer.max_steps $(DEMO_STEPS) --trainer.val_check_interval 200 --evaluate_after_fit true
+
+# Wheels for a lent GPU machine (no network there; Python 3.12 with torch and Lightning, no
+# zarr): what `tiered` imports beyond them. Carry .whl/ with experiments/benchmarks/gpu_check.sh.
+GPU_WHEELS ?= zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
+gpu-wheels: $(BIN)/python
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

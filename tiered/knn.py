@@ -5,8 +5,8 @@ Similarity is cosine: rows and queries are compared after L2 normalisation. An i
 it can be dropped after loading a checkpoint or moving to another device.
 
 Backends:
-    ExactKNN   matmul + ``torch.topk`` over all rows; the reference, the default for small
-               N and on GPUs.
+    ExactKNN   matmul + ``torch.topk`` over all rows, block by block (bounded temporaries),
+               with the rows' norms kept up to date; the default for small N and on GPUs.
     FaissKNN   FAISS IVF-Flat per batch element with a hash-table direct map, trained once
                per (slots, width) in a process, updated incrementally (remove and re-add
                only the rows that changed). While it holds at most EXHAUSTIVE_ROWS rows it
@@ -38,6 +38,8 @@ BACKENDS = ("auto", "exact", "faiss")
 FAISS_AUTO_ROWS = 1 << 15
 # A FAISS index holding at most this many rows is searched through every list (exactly).
 EXHAUSTIVE_ROWS = 4096
+# Exact search scores at most this many (row, query) pairs at once (16 MiB in float32).
+BLOCK_SCORES = 1 << 22
 _warned_missing_faiss = False
 
 
@@ -70,45 +72,95 @@ class KNNIndex(abc.ABC):
         """Indices (B, h, k) of the k rows most similar to ``queries`` (B, h, W), or -1."""
 
 
-def exact_search(memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
-    """Exact cosine top-k over all written rows.
+def exact_search(
+    memory: Tensor,
+    written: Tensor,
+    queries: Tensor,
+    k: int,
+    norms: Tensor | None = None,
+    block_scores: int = BLOCK_SCORES,
+) -> Tensor:
+    """Exact cosine top-k over all written rows, block by block over the rows.
+
+    The rows are scored in blocks of at most ``block_scores`` scores (B h rows each) and
+    each block's top k merged into a running top k, so the temporaries stay bounded whatever
+    N is (one (B, h, N) score matrix at N = 2^20 was 128 MiB per temporary).
 
     Args:
         memory: (B, N, W).
         written: (B, N) boolean; only these rows are eligible.
         queries: (B, h, W).
         k: neighbours per query.
+        norms: (B, N) the rows' L2 norms, if kept up to date by the caller (saves one pass
+            over the memory); computed per block when None.
+        block_scores: the most scores computed at once.
 
     Returns:
         (B, h, k) row indices, most similar first; -1 where fewer than k rows are eligible.
     """
+    B, N, _ = memory.shape
+    h = queries.shape[1]
+    block = max(1, block_scores // max(1, B * h))
     with torch.no_grad():
-        # (B, h, N) by bmm on the memory as it lies (no copy of the memory is made), divided
-        # by the row norms instead of normalising the memory
-        unit_queries = normalize_rows(queries).to(memory.dtype)
-        scores = torch.bmm(memory, unit_queries.transpose(1, 2)).transpose(1, 2)
-        scores = scores / memory.norm(dim=-1).clamp_min(1e-12).unsqueeze(1)
-        scores = scores.masked_fill(~written.unsqueeze(1), float("-inf"))
-        kk = min(k, memory.shape[1])
-        top, index = torch.topk(scores, kk, dim=-1)
-        index = index.masked_fill(torch.isinf(top), -1)
-        if kk < k:
-            pad = index.new_full((*index.shape[:-1], k - kk), -1)
+        unit_queries = normalize_rows(queries).to(memory.dtype).transpose(1, 2)  # (B, W, h)
+        best_scores: Tensor | None = None
+        best_index: Tensor | None = None
+        for start in range(0, N, block):
+            stop = min(start + block, N)
+            rows = memory[:, start:stop]  # (B, n, W), a view
+            # (B, h, n) by bmm on the memory as it lies, divided by the row norms instead of
+            # normalising the memory
+            scores = torch.bmm(rows, unit_queries).transpose(1, 2)
+            block_norms = rows.norm(dim=-1) if norms is None else norms[:, start:stop]
+            scores = scores / block_norms.clamp_min(1e-12).unsqueeze(1)
+            scores = scores.masked_fill(~written[:, None, start:stop], float("-inf"))
+            top, index = torch.topk(scores, min(k, stop - start), dim=-1)
+            index = index + start
+            if best_scores is not None and best_index is not None:
+                top = torch.cat([best_scores, top], dim=-1)
+                index = torch.cat([best_index, index], dim=-1)
+                top, order = torch.topk(top, min(k, top.shape[-1]), dim=-1)
+                index = index.gather(-1, order)
+            best_scores, best_index = top, index
+        assert best_scores is not None and best_index is not None
+        index = best_index.masked_fill(torch.isinf(best_scores), -1)
+        if index.shape[-1] < k:
+            pad = index.new_full((*index.shape[:-1], k - index.shape[-1]), -1)
             index = torch.cat([index, pad], dim=-1)
         return index
 
 
+def row_norms(memory: Tensor, rows: Tensor) -> Tensor:
+    """L2 norms (B, S) of the rows (B, S) (>= 0) of ``memory`` (B, N, W)."""
+    index = rows.unsqueeze(-1).expand(-1, -1, memory.shape[-1])
+    return memory.detach().gather(1, index).norm(dim=-1)
+
+
 class ExactKNN(KNNIndex):
-    """Exact search on the memory tensor itself; nothing to keep up to date."""
+    """Exact search on the memory tensor itself. Its only cache is the rows' norms (B, N),
+    updated with the rows that change, so a search makes one pass over the memory."""
+
+    def __init__(self) -> None:
+        self.norms: Tensor | None = None
 
     def rebuild(self, memory: Tensor, written: Tensor) -> None:
-        return None
+        """Norms of the written rows (only they are ever returned); zero elsewhere."""
+        with torch.no_grad():
+            self.norms = torch.zeros(written.shape, dtype=memory.dtype, device=memory.device)
+            self.norms[written] = memory.detach()[written].norm(dim=-1)
 
     def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
+        if self.norms is None:  # never rebuilt: searches compute the norms themselves
+            return None
+        with torch.no_grad():
+            B, N = self.norms.shape
+            flat = (rows.clamp_min(0) + torch.arange(B, device=rows.device)[:, None] * N)[valid]
+            self.norms.view(-1)[flat] = row_norms(memory, rows.clamp_min(0))[valid]
         return None
 
     def search(self, memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
-        return exact_search(memory, written, queries, k)
+        norms = self.norms if self.norms is not None and self.norms.shape == written.shape else None
+        return exact_search(memory, written, queries, k, norms=norms)
 
 
 class FaissKNN(KNNIndex):

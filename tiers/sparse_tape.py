@@ -215,5 +215,6 @@ class _GatherRows(torch.autograd.Function):
                 0, flat[valid], grad_rows[valid].to(accumulator.dtype)
             )
             ctx.segment.touched.append(flat[valid])
-        zero = torch.zeros((), dtype=grad_rows.dtype if grad_rows is not None else torch.float32)
+        dtype = grad_rows.dtype if grad_rows is not None else torch.float32
+        zero = torch.zeros((), dtype=dtype, device=rows.device)  # the token's gradient
         return zero if grad_token is None else torch.zeros_like(grad_token), None, None

@@ -9,7 +9,7 @@ import torch
 
 
 def machine_info() -> dict[str, str]:
-    """CPU model, core count, torch version and threads, Python version."""
+    """CPU model, core count, torch version and threads, GPU (if any), Python version."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -24,6 +24,7 @@ def machine_info() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "torch": torch.__version__,
         "torch_threads": str(torch.get_num_threads()),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

@@ -10,7 +10,12 @@ it while the timed steps run (the peak is reset with /proc/self/clear_refs first
 training costs beyond the matrices. Writes sparse_ram_scaling.md / .csv / .png under
 experiments/results/.
 
+With ``--device cuda`` the same runs happen on the GPU (modes "exact" and "exact-sam" by
+default: FAISS searches on the CPU), memory is what PyTorch allocated on the GPU (after
+setup, and the peak above it), and the files are named sparse_ram_scaling_cuda.*.
+
     python experiments/benchmarks/sparse_ram_scaling.py [--max-log2 20] [--dense-slots 1024 2048]
+    python experiments/benchmarks/sparse_ram_scaling.py --device cuda
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from tiered.tiers import RAM
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 B, T, W, R, K, LINKS = 8, 32, 64, 4, 8, 8
-SPARSE_MODES = ("exact", "faiss", "faiss-sam")
+SPARSE_MODES = {"cpu": ("exact", "faiss", "faiss-sam"), "cuda": ("exact", "exact-sam")}
 
 
 def _status_kib(field: str) -> int:
@@ -45,7 +50,35 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(mode: str, slots: int, repeats: int) -> dict:
+class MemoryProbe:
+    """Resident memory of this process (CPU) or PyTorch's allocations on the GPU (CUDA)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def current_mib(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return _status_kib("VmRSS") / 1024
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            with open("/proc/self/clear_refs", "w", encoding="utf-8") as handle:
+                handle.write("5")  # reset the peak resident set (VmHWM) to the current one
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _status_kib("VmHWM") / 1024
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def worker(mode: str, slots: int, repeats: int, device: torch.device) -> dict:
     """Run one configuration in this process and report its timings and peak memory."""
     tune_malloc()
     torch.manual_seed(0)
@@ -55,15 +88,17 @@ def worker(mode: str, slots: int, repeats: int) -> dict:
         index, _, variant = mode.partition("-")
         links = 0 if variant == "sam" else LINKS
         ram = RAM(slots, W, read_heads=R, k=K, links=links, sparse=True, index=index)
-    layer = torch.nn.Linear(16, ram.interface_size)
-    x = torch.randn(B, T, 16)
+    ram = ram.to(device)
+    layer = torch.nn.Linear(16, ram.interface_size).to(device)
+    x = torch.randn(B, T, 16, device=device)
+    probe = MemoryProbe(device)
     start = time.perf_counter()
-    state = ram.initial_state(B)
+    state = ram.initial_state(B, device=device)
+    probe.sync()
     setup = time.perf_counter() - start
     times = []
-    resident_after_setup = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w", encoding="utf-8") as handle:
-        handle.write("5")  # reset the peak resident set (VmHWM) to the current one
+    after_setup = probe.current_mib()
+    probe.reset_peak()
     for i in range(repeats + 1):
         start = time.perf_counter()
         reads = []
@@ -71,21 +106,21 @@ def worker(mode: str, slots: int, repeats: int) -> dict:
             read, state, _ = ram(layer(x[:, t]), state)
             reads.append(read)
         torch.stack(reads, 1).pow(2).mean().backward()
+        probe.sync()
         elapsed = time.perf_counter() - start
         layer.zero_grad(set_to_none=True)
         # Dense states are values: start a new sequence. Sparse ones continue the sequence,
         # detached, as truncated BPTT would.
-        state = ram.initial_state(B) if mode == "dense" else detach_state(state)
+        state = ram.initial_state(B, device=device) if mode == "dense" else detach_state(state)
         if i > 0:
             times.append(elapsed / T)
-    peak = _status_kib("VmHWM")
     return {
         "mode": mode,
         "slots": slots,
         "ms_per_step": 1000 * sorted(times)[len(times) // 2],
         "setup_s": setup,
-        "resident_after_setup_mib": resident_after_setup / 1024,
-        "peak_growth_mib": (peak - resident_after_setup) / 1024,
+        "resident_after_setup_mib": after_setup,
+        "peak_growth_mib": probe.peak_mib() - after_setup,
     }
 
 
@@ -96,31 +131,39 @@ def main() -> None:
     parser.add_argument("--dense-slots", type=int, nargs="*", default=[1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", choices=sorted(SPARSE_MODES), default="cpu")
+    parser.add_argument("--modes", nargs="*", help="sparse modes (default: by device)")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "SLOTS"))
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, device)))
         return
+    modes = tuple(args.modes) if args.modes else SPARSE_MODES[args.device]
+    stem = "sparse_ram_scaling" + ("" if args.device == "cpu" else f"_{args.device}")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     runs = [("dense", n) for n in args.dense_slots]
     for log2 in range(args.min_log2, args.max_log2 + 1, 2):
-        runs += [(mode, 2**log2) for mode in SPARSE_MODES]
+        runs += [(mode, 2**log2) for mode in modes]
     for mode, slots in runs:
         command = [sys.executable, __file__, "--worker", mode, str(slots)]
-        command += ["--repeats", str(args.repeats)]
+        command += ["--repeats", str(args.repeats), "--device", args.device]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             print(result.stderr[-2000:], file=sys.stderr)
             continue
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    with open(args.out / "sparse_ram_scaling.csv", "w", newline="") as handle:
+    if not rows:
+        sys.exit("sparse_ram_scaling: every run failed (their errors are above)")
+    memory = "GPU memory allocated" if args.device == "cuda" else "resident"
+    with open(args.out / f"{stem}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     lines = [
-        "# RAM scaling: time per step and peak memory",
+        f"# RAM scaling on {args.device}: time per step and peak memory",
         "",
         f"Width {W}, {R} read heads, k = {K}, batch {B}, sequence length {T}, float32, forward",
         f"+ backward; median of {args.repeats} sequences after one warm-up, per step. 'exact'",
@@ -131,9 +174,10 @@ def main() -> None:
         "setup' is the process's resident set once the state exists (untouched pages of the",
         "zero-filled memory are not resident); 'peak growth' is the most the resident set",
         "rose above that while the timed sequences ran: activations saved for backward,",
-        "temporaries, the gradient accumulator's touched rows.",
+        "temporaries, the gradient accumulator's touched rows. On CUDA both columns are",
+        "PyTorch's GPU allocations instead of the resident set.",
         "",
-        "| mode | slots | ms / step | resident after setup MiB | peak growth MiB | setup s |",
+        f"| mode | slots | ms / step | {memory} after setup MiB | peak growth MiB | setup s |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
@@ -141,7 +185,7 @@ def main() -> None:
         f"{r['resident_after_setup_mib']:.0f} | {r['peak_growth_mib']:.0f} | {r['setup_s']:.2f} |"
         for r in rows
     ]
-    for mode in SPARSE_MODES:
+    for mode in modes:
         series = [r for r in rows if r["mode"] == mode]
         if len(series) > 1:
             ratio = series[-1]["ms_per_step"] / series[0]["ms_per_step"]
@@ -150,14 +194,14 @@ def main() -> None:
                 f"that at N = {series[0]['slots']}."
             )
     lines += ["", "Machine:", "", machine_markdown(), ""]
-    (args.out / "sparse_ram_scaling.md").write_text("\n".join(lines))
+    (args.out / f"{stem}.md").write_text("\n".join(lines))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for mode in (*SPARSE_MODES, "dense"):
+    for mode in (*modes, "dense"):
         series = [r for r in rows if r["mode"] == mode]
         if series:
             slots = [r["slots"] for r in series]
@@ -169,7 +213,7 @@ def main() -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out / "sparse_ram_scaling.png", dpi=120)
+    fig.savefig(args.out / f"{stem}.png", dpi=120)
     print("\n".join(lines))
 
 

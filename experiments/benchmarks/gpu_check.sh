@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The RAM's GPU checks, as one prepared run for a lent GPU machine (device tool).
+#
+# Here, once:   make gpu-wheels        (zarr and its needs for the GPU machine's Python 3.12)
+# Device tool:  run  command="bash experiments/benchmarks/gpu_check.sh"  carry=[".whl"]
+#               timeout_s=540; the checks took about N minutes (fill in after the first run).
+#
+# It runs tests/tiers/test_ram_cuda.py (the RAM on CUDA against the CPU, float64), then the
+# scaling benchmark on the GPU, and leaves the test log and sparse_ram_scaling_cuda.{md,csv,png}
+# under $OUT (or experiments/results/ when OUT is unset). The GPU machine has torch and
+# Lightning but no zarr and no network; the wheels from .whl/ go to /tmp/site. It has no
+# FAISS either: the GPU column is the exact backend (FAISS searches on the CPU anyway).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-experiments/results}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch, tiered.tiers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+    | tee -a "$out/gpu.txt" || exit 1
+status=0
+python3 -m pytest -q -p no:cacheprovider -rs tests/tiers/test_ram_cuda.py 2>&1 | tee "$out/gpu_tests.log" \
+    || status=1
+python3 experiments/benchmarks/sparse_ram_scaling.py --device cuda --out "$out" 2>&1 \
+    | tee "$out/gpu_bench.log" || status=1
+exit $status
