@@ -78,13 +78,15 @@ def exact_search(
     queries: Tensor,
     k: int,
     norms: Tensor | None = None,
-    block_scores: int = BLOCK_SCORES,
+    block_scores: int | None = None,
 ) -> Tensor:
     """Exact cosine top-k over all written rows, block by block over the rows.
 
     The rows are scored in blocks of at most ``block_scores`` scores (B h rows each) and
     each block's top k merged into a running top k, so the temporaries stay bounded whatever
-    N is (one (B, h, N) score matrix at N = 2^20 was 128 MiB per temporary).
+    N is (one (B, h, N) score matrix at N = 2^20 was 128 MiB per temporary). Among rows
+    with exactly equal scores, which are returned and in what order may differ with the
+    block size (as it is unspecified for ``torch.topk`` itself).
 
     Args:
         memory: (B, N, W).
@@ -93,14 +95,14 @@ def exact_search(
         k: neighbours per query.
         norms: (B, N) the rows' L2 norms, if kept up to date by the caller (saves one pass
             over the memory); computed per block when None.
-        block_scores: the most scores computed at once.
+        block_scores: the most scores computed at once (default ``BLOCK_SCORES``).
 
     Returns:
         (B, h, k) row indices, most similar first; -1 where fewer than k rows are eligible.
     """
     B, N, _ = memory.shape
     h = queries.shape[1]
-    block = max(1, block_scores // max(1, B * h))
+    block = max(1, (block_scores or BLOCK_SCORES) // max(1, B * h))
     with torch.no_grad():
         unit_queries = normalize_rows(queries).to(memory.dtype).transpose(1, 2)  # (B, W, h)
         best_scores: Tensor | None = None

@@ -190,12 +190,15 @@ class RAM(Tier):
                 f"{state.precedence.shape[-1]}, this RAM has links={self.links}"
             )
         memory = state.memory.detach().clone()
+        device = memory.device  # the tape's buffers may lie on the device the state left
         written = (
-            state.tape.written.clone()
+            state.tape.written.to(device, copy=True)
             if isinstance(state.tape, SparseTape)
-            else (state.last_access >= 0)
+            else (state.last_access >= 0).to(device)
         )
-        links = None if state.links is None else state.links.clone()
+        links = (
+            None if state.links is None else LinkTables(*(t.to(device) for t in state.links.clone()))
+        )
         fresh = self._sparse_state(
             memory, written, state.last_access.to(memory.device).clone(), links
         )

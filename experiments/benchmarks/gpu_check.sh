@@ -17,8 +17,9 @@ mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
 fi
+# The checkout itself (not installed): a script run by path does not see the current folder.
+export PYTHONPATH="/tmp/site:$PWD"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, tiered.tiers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \

@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--device", choices=sorted(SPARSE_MODES), default="cpu")
     parser.add_argument("--modes", nargs="*", help="sparse modes (default: by device)")
+    parser.add_argument("--run-timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "SLOTS"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -146,22 +147,32 @@ def main() -> None:
     runs = [("dense", n) for n in args.dense_slots]
     for log2 in range(args.min_log2, args.max_log2 + 1, 2):
         runs += [(mode, 2**log2) for mode in modes]
+    csv_path = args.out / f"{stem}.csv"
+    csv_path.unlink(missing_ok=True)
     for mode, slots in runs:
         command = [sys.executable, __file__, "--worker", mode, str(slots)]
         command += ["--repeats", str(args.repeats), "--device", args.device]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=False, timeout=args.run_timeout
+            )
+        except subprocess.TimeoutExpired:
+            print(f"{mode} at {slots} slots: over {args.run_timeout} s, skipped", file=sys.stderr)
+            continue
         if result.returncode != 0:
             print(result.stderr[-2000:], file=sys.stderr)
             continue
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
+        # each row as it comes, so that a run cut short keeps what it measured
+        with open(csv_path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            if len(rows) == 1:
+                writer.writeheader()
+            writer.writerow(rows[-1])
     if not rows:
         sys.exit("sparse_ram_scaling: every run failed (their errors are above)")
     memory = "GPU memory allocated" if args.device == "cuda" else "resident"
-    with open(args.out / f"{stem}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     lines = [
         f"# RAM scaling on {args.device}: time per step and peak memory",
         "",
@@ -175,7 +186,9 @@ def main() -> None:
         "zero-filled memory are not resident); 'peak growth' is the most the resident set",
         "rose above that while the timed sequences ran: activations saved for backward,",
         "temporaries, the gradient accumulator's touched rows. On CUDA both columns are",
-        "PyTorch's GPU allocations instead of the resident set.",
+        "PyTorch's GPU allocations instead of the resident set, and the peak includes the",
+        "gradient accumulator whole: a dense (B, N, W) buffer there (on the CPU it is",
+        "zero-filled lazily, and only the rows backward touches become resident).",
         "",
         f"| mode | slots | ms / step | {memory} after setup MiB | peak growth MiB | setup s |",
         "|---|---:|---:|---:|---:|---:|",
