@@ -196,9 +196,9 @@ class RAM(Tier):
             if isinstance(state.tape, SparseTape)
             else (state.last_access >= 0).to(device)
         )
-        links = (
-            None if state.links is None else LinkTables(*(t.to(device) for t in state.links.clone()))
-        )
+        links = None
+        if state.links is not None:
+            links = LinkTables(*(table.to(device) for table in state.links.clone()))
         fresh = self._sparse_state(
             memory, written, state.last_access.to(memory.device).clone(), links
         )
