@@ -10,8 +10,8 @@ Backends:
     FaissKNN   FAISS IVF-Flat per batch element with a hash-table direct map, trained once
                per (slots, width) in a process, updated incrementally (remove and re-add
                only the rows that changed). While it holds at most EXHAUSTIVE_ROWS rows it
-               visits every list (exact among the written rows). It searches on the CPU;
-               a faiss-gpu path is not built yet (on CUDA, index="auto" uses exact search).
+               is searched exactly in torch among the rows it holds (the written rows). Its
+               IVF lists live on the CPU; FAISS's GPU indexes are not used (docs/ram.md).
 
 Named dimensions: B batch, N rows, W width, h queries per batch element, k neighbours.
 Rows never written (``written`` False) are never returned; when fewer than k rows are
@@ -36,7 +36,7 @@ from tiered.validation import check_choice, check_positive_int
 BACKENDS = ("auto", "exact", "faiss")
 # index="auto" picks FAISS on CPU from this many rows on (when FAISS is installed).
 FAISS_AUTO_ROWS = 1 << 15
-# A FAISS index holding at most this many rows is searched through every list (exactly).
+# A FAISS index holding at most this many rows is searched exactly among them (in torch).
 EXHAUSTIVE_ROWS = 4096
 # Exact search scores at most this many (row, query) pairs at once: 4 MiB in float32 on the
 # CPU, where blocks that fit the caches were fastest (at 2^20 slots, batch 8, 4 queries:
@@ -106,6 +106,8 @@ def exact_search(
     """
     B, N, _ = memory.shape
     h = queries.shape[1]
+    if N == 0:
+        return torch.full((B, h, k), -1, dtype=torch.long, device=memory.device)
     if block_scores is None:
         block_scores = BLOCK_SCORES.get(memory.device.type, BLOCK_SCORES["cuda"])
     block = max(1, block_scores // max(1, B * h))
@@ -181,12 +183,14 @@ class FaissKNN(KNNIndex):
         width: W.
         nprobe: inverted lists visited per query; more is slower and more exact.
         seed: seed of the random vectors the coarse quantiser is trained on, once.
-        exhaustive_rows: while an index holds at most this many rows, its searches visit
-            every list, which is exact among the rows written (the index holds only those)
-            and costs O(rows W) per query. With the lists mostly empty, ``nprobe`` lists
-            would hold few of the rows: with 30 rows written in 2^16 slots (width 16),
-            8 of 256 lists returned 12% of k = 8 neighbours, and the best row 38% of the
-            time (see docs/ram.md).
+        exhaustive_rows: while an index holds at most this many rows, it is searched
+            exactly among the rows it holds (the rows written): in torch, over those rows
+            gathered from the memory, O(rows W) per query. With the lists mostly empty,
+            ``nprobe`` lists would hold few of the rows: with 30 rows written in 2^16 slots
+            (width 16), 8 of 256 lists returned 12% of k = 8 neighbours, and the best row
+            38% of the time (see docs/ram.md). Visiting every list instead costs O(nlist)
+            per query whatever the rows: 3.1 ms for 8 indexes of 128 rows at 2^20 slots
+            (1024 lists), 0.17 ms at 2^10 (32 lists).
     """
 
     def __init__(
@@ -211,16 +215,35 @@ class FaissKNN(KNNIndex):
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
             index.nprobe = nprobe
             self.indexes.append(index)
+        # The rows each index holds, listed while there are at most ``capacity`` of them:
+        # held (B, capacity) row ids (-1 pad), count (B,) rows held, member (B, N) (lazily
+        # zero-filled) which rows are held.
+        self.capacity = exhaustive_rows
+        self.held = np.full((batch_size, exhaustive_rows), -1, dtype=np.int64)
+        self.count = np.zeros(batch_size, dtype=np.int64)
+        self.member = np.zeros((batch_size, slots), dtype=bool)
+
+    def _hold(self, b: int, ids: np.ndarray) -> None:
+        """Record that index ``b`` now holds the rows ``ids`` (some may be held already)."""
+        new = np.unique(ids[~self.member[b, ids]])
+        self.member[b, new] = True
+        start = self.count[b]
+        if start + len(new) <= self.capacity:
+            self.held[b, start : start + len(new)] = new
+        self.count[b] = start + len(new)
 
     def rebuild(self, memory: Tensor, written: Tensor) -> None:
+        self.held.fill(-1)
+        self.count.fill(0)
+        self.member.fill(False)
         for b, index in enumerate(self.indexes):
             index.reset()
             rows = torch.nonzero(written[b]).flatten()
             if len(rows):
+                ids = rows.cpu().numpy().astype(np.int64)
                 vectors = normalize_rows(memory[b, rows].detach()).float().cpu().numpy()
-                index.add_with_ids(
-                    np.ascontiguousarray(vectors), rows.cpu().numpy().astype(np.int64)
-                )
+                index.add_with_ids(np.ascontiguousarray(vectors), ids)
+                self._hold(b, ids)
 
     def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
         rows_cpu = rows.cpu().numpy()
@@ -235,15 +258,30 @@ class FaissKNN(KNNIndex):
                 continue
             index.remove_ids(self.faiss.IDSelectorArray(len(ids), self.faiss.swig_ptr(ids)))
             index.add_with_ids(np.ascontiguousarray(vectors[b][valid_cpu[b]]), ids)
+            self._hold(b, ids)
 
     def search(self, memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
-        q = normalize_rows(queries.detach()).float().cpu().numpy()
-        out = np.empty((*q.shape[:2], k), dtype=np.int64)
-        for b, index in enumerate(self.indexes):
-            index.nprobe = self.nlist if index.ntotal <= self.exhaustive_rows else self.nprobe
-            _, labels = index.search(np.ascontiguousarray(q[b]), k)
-            out[b] = labels
-        return torch.from_numpy(out).to(queries.device)
+        few = self.count <= min(self.exhaustive_rows, self.capacity)  # (B,) searched exactly
+        out = torch.empty((*queries.shape[:2], k), dtype=torch.long, device=memory.device)
+        if few.any():
+            out.copy_(self._search_held(memory, queries, k, int(self.count[few].max())))
+        if not few.all():
+            q = normalize_rows(queries.detach()).float().cpu().numpy()
+            for b in np.flatnonzero(~few):
+                self.indexes[b].nprobe = self.nprobe
+                _, labels = self.indexes[b].search(np.ascontiguousarray(q[b]), k)
+                out[b] = torch.from_numpy(labels).to(out.device)
+        return out.to(queries.device)
+
+    def _search_held(self, memory: Tensor, queries: Tensor, k: int, rows: int) -> Tensor:
+        """Exact search among the first ``rows`` held rows of every batch element."""
+        B, N, W = memory.shape
+        held = torch.from_numpy(self.held[:, : max(rows, 1)]).to(memory.device)  # (B, H)
+        flat = (held.clamp_min(0) + torch.arange(B, device=held.device)[:, None] * N).flatten()
+        gathered = memory.detach().reshape(B * N, W).index_select(0, flat).view(B, -1, W)
+        local = exact_search(gathered, held >= 0, queries, k)
+        found = held.gather(1, local.clamp_min(0).flatten(1)).view_as(local)  # (B, h, k)
+        return torch.where(local >= 0, found, -1)
 
 
 @functools.lru_cache(maxsize=8)

@@ -29,6 +29,7 @@ Named dimensions: B batch, N slots, KL links per slot, S rows written, X entries
 
 from __future__ import annotations
 
+import mmap
 from typing import NamedTuple
 
 import numpy as np
@@ -39,12 +40,27 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.flo
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Zeros that, on CPU, the kernel maps lazily (numpy's calloc): untouched pages of a
-    large table never become resident."""
-    if device.type == "cpu" and (dtype in _NUMPY_DTYPES or dtype == torch.long):
-        np_dtype = np.int64 if dtype == torch.long else _NUMPY_DTYPES[dtype]
+    """Zeros that, on CPU, the kernel maps lazily: untouched pages of a large table never
+    become resident.
+
+    On Linux the buffer is an anonymous mapping advised against transparent huge pages:
+    these tables are touched a row at a time, all over, and numpy's own zero-filled arrays
+    ask for huge pages, with which one touched row made 2 MiB resident (the gradient
+    accumulator of a filled 2^20-slot memory, 2 GiB, became resident whole; 48 MiB of growth
+    with 4 KiB pages, experiments/results/sparse_ram_scaling_prefill1.md).
+    """
+    if device.type != "cpu" or not (dtype in _NUMPY_DTYPES or dtype == torch.long):
+        return torch.zeros(shape, dtype=dtype, device=device)
+    np_dtype = np.dtype(np.int64 if dtype == torch.long else _NUMPY_DTYPES[dtype])
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
+    if nbytes == 0 or advice is None:
         return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
-    return torch.zeros(shape, dtype=dtype, device=device)
+    # anonymous and private (copied on write after a fork): zero-filled page by page
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+    buffer.madvise(advice)
+    # the array (and through it the tensor) keeps the mapping alive
+    return torch.from_numpy(np.frombuffer(buffer, dtype=np_dtype).reshape(shape))
 
 
 class LinkTables(NamedTuple):

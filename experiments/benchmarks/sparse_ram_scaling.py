@@ -35,7 +35,7 @@ from machine import machine_markdown
 
 from tiered import detach_state
 from tiered.malloc import tune_malloc
-from tiered.tiers import RAM
+from tiered.tiers import RAM, SparseRAMState
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 B, T, W, R, K, LINKS = 8, 32, 64, 4, 8, 8
@@ -78,7 +78,18 @@ class MemoryProbe:
             torch.cuda.synchronize(self.device)
 
 
-def worker(mode: str, slots: int, repeats: int, device: torch.device) -> dict:
+def prefilled(ram: RAM, state: SparseRAMState, fraction: float) -> SparseRAMState:
+    """The state with its first ``fraction`` of rows written with random contents, as after
+    a long run, and its caches (kNN index, usage heap) rebuilt from them."""
+    rows = int(fraction * ram.slots)
+    with torch.no_grad():
+        state.memory[:, :rows].normal_()
+        state.tape.written[:, :rows] = True
+        state.last_access[:, :rows] = 0
+    return ram.rebuild_state(state)
+
+
+def worker(mode: str, slots: int, repeats: int, device: torch.device, prefill: float) -> dict:
     """Run one configuration in this process and report its timings and peak memory."""
     tune_malloc()
     torch.manual_seed(0)
@@ -94,6 +105,8 @@ def worker(mode: str, slots: int, repeats: int, device: torch.device) -> dict:
     probe = MemoryProbe(device)
     start = time.perf_counter()
     state = ram.initial_state(B, device=device)
+    if prefill > 0 and mode != "dense":
+        state = prefilled(ram, state, prefill)
     probe.sync()
     setup = time.perf_counter() - start
     times = []
@@ -121,6 +134,8 @@ def worker(mode: str, slots: int, repeats: int, device: torch.device) -> dict:
         "setup_s": setup,
         "resident_after_setup_mib": after_setup,
         "peak_growth_mib": probe.peak_mib() - after_setup,
+        # rows ever written, mean over the batch (FAISS indexes only these)
+        "rows_written": float(state.tape.in_use.float().mean()) if mode != "dense" else slots,
     }
 
 
@@ -133,15 +148,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--device", choices=sorted(SPARSE_MODES), default="cpu")
     parser.add_argument("--modes", nargs="*", help="sparse modes (default: by device)")
+    parser.add_argument(
+        "--prefill", type=float, default=0.0, help="fraction of rows written before timing"
+    )
     parser.add_argument("--run-timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "SLOTS"))
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, device)))
+        mode, slots = args.worker[0], int(args.worker[1])
+        print(json.dumps(worker(mode, slots, args.repeats, device, args.prefill)))
         return
     modes = tuple(args.modes) if args.modes else SPARSE_MODES[args.device]
     stem = "sparse_ram_scaling" + ("" if args.device == "cpu" else f"_{args.device}")
+    stem += f"_prefill{args.prefill:g}" if args.prefill > 0 else ""
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     runs = [("dense", n) for n in args.dense_slots]
@@ -152,6 +172,7 @@ def main() -> None:
     for mode, slots in runs:
         command = [sys.executable, __file__, "--worker", mode, str(slots)]
         command += ["--repeats", str(args.repeats), "--device", args.device]
+        command += ["--prefill", str(args.prefill)]
         try:
             result = subprocess.run(
                 command, capture_output=True, text=True, check=False, timeout=args.run_timeout
@@ -176,6 +197,16 @@ def main() -> None:
     lines = [
         f"# RAM scaling on {args.device}: time per step and peak memory",
         "",
+        *(
+            [
+                f"Sparse memories prefilled: the first {args.prefill:g} of their rows written",
+                "with random contents (as after a long run) before timing; their setup",
+                "includes that and building the index over them.",
+                "",
+            ]
+            if args.prefill > 0
+            else []
+        ),
         f"Width {W}, {R} read heads, k = {K}, batch {B}, sequence length {T}, float32, forward",
         f"+ backward; median of {args.repeats} sequences after one warm-up, per step. 'exact'",
         f"and 'faiss' are the sparse DNC ({LINKS} links per slot each way), 'faiss-sam' is SAM",
@@ -188,14 +219,18 @@ def main() -> None:
         "temporaries, the gradient accumulator's touched rows. On CUDA both columns are",
         "PyTorch's GPU allocations instead of the resident set, and the peak includes the",
         "gradient accumulator whole: a dense (B, N, W) buffer there (on the CPU it is",
-        "zero-filled lazily, and only the rows backward touches become resident).",
+        "zero-filled lazily, and only the rows backward touches become resident). 'rows",
+        "written': the rows each batch element had written by the end (4 sequences of 32",
+        "steps, at most R K + 1 = 33 new rows a step); FAISS indexes only those rows.",
         "",
-        f"| mode | slots | ms / step | {memory} after setup MiB | peak growth MiB | setup s |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| mode | slots | ms / step | {memory} after setup MiB | peak growth MiB | setup s "
+        "| rows written |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r['mode']} | {r['slots']} | {r['ms_per_step']:.1f} | "
-        f"{r['resident_after_setup_mib']:.0f} | {r['peak_growth_mib']:.0f} | {r['setup_s']:.2f} |"
+        f"{r['resident_after_setup_mib']:.0f} | {r['peak_growth_mib']:.0f} | {r['setup_s']:.2f} "
+        f"| {r['rows_written']:.0f} |"
         for r in rows
     ]
     for mode in modes:

@@ -343,12 +343,38 @@ def test_faiss_after_many_incremental_updates_agrees_with_a_fresh_index():
             _, state, _ = ram(torch.randn(2, ram.interface_size), state)
     fresh = ram.rebuild_state(state)
     queries = torch.randn(2, 5, 16)
-    incremental = state.tape.index.search(state.memory, state.tape.written, queries, 4)
-    rebuilt = fresh.tape.index.search(fresh.memory, fresh.tape.written, queries, 4)
     exact = exact_search(state.memory, state.tape.written, queries, 4)
-    assert torch.equal(incremental, rebuilt)
-    assert torch.equal(incremental, exact)
+    for exhaustive_rows in (0, 4096):  # the IVF lists (all visited), the held rows
+        found = []
+        for s in (state, fresh):
+            s.tape.index.exhaustive_rows = exhaustive_rows
+            found.append(s.tape.index.search(s.memory, s.tape.written, queries, 4))
+        assert torch.equal(found[0], found[1]), exhaustive_rows
+        assert torch.equal(found[0], exact), exhaustive_rows
     assert isinstance(fresh, SparseRAMState) and int(state.tape.in_use[0]) > 1
+
+
+@needs_faiss
+def test_faiss_lists_exactly_the_rows_its_indexes_hold():
+    torch.manual_seed(0)
+    ram = RAM(2048, 8, read_heads=2, k=3, sparse=True, index="faiss")
+    state = ram.initial_state(3)
+    with torch.no_grad():
+        for _ in range(25):
+            _, state, _ = ram(torch.randn(3, ram.interface_size), state)
+    index = state.tape.index
+    for b in range(3):
+        rows = set(torch.nonzero(state.tape.written[b]).flatten().tolist())
+        assert index.count[b] == index.indexes[b].ntotal == len(rows) > 1
+        assert set(index.held[b, : index.count[b]].tolist()) == rows
+        assert (index.held[b, index.count[b] :] == -1).all()
+    index.capacity = index.exhaustive_rows = 2  # more rows than listed: the IVF answers
+    queries = torch.randn(3, 4, 8)
+    index.nprobe = index.nlist
+    assert torch.equal(
+        index.search(state.memory, state.tape.written, queries, 3),
+        exact_search(state.memory, state.tape.written, queries, 3),
+    )
 
 
 def test_backward_over_two_segments_leaves_the_buffer_and_matches_the_reference():
