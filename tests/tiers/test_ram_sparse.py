@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from tiered.tiers.ram_sparse_reference import reference_initial_state, reference
 from tiered.tiers.sparse_links import (
     LinkTables,
     follow_links,
+    lazy_zeros,
     merge_entries,
     update_links,
     update_precedence,
@@ -412,3 +415,32 @@ def test_the_lru_heap_stays_bounded_over_long_sequences():
             _, state, _ = ram(torch.randn(1, ram.interface_size), state)
     usage = state.tape.usage
     assert len(usage.heaps[0]) <= 4 * len(usage.last[0]) + 64 + 16
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        line = next(line for line in handle if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.float32, torch.float64, torch.bfloat16])
+def test_lazy_zeros_are_writable_zeros_of_the_asked_shape_and_dtype(dtype):
+    table = lazy_zeros((3, 5, 7), dtype, torch.device("cpu"))
+    assert table.shape == (3, 5, 7) and table.dtype == dtype and table.is_contiguous()
+    assert not table.any()
+    table[2, 4, 6] = 3
+    table.view(-1)[0] = 1
+    assert table.sum().item() == 4 and table[2, 4, 6].item() == 3
+    assert lazy_zeros((2, 0), dtype, torch.device("cpu")).shape == (2, 0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_lazy_zeros_make_only_the_touched_pages_resident():
+    # 512 MiB, 200 rows touched all over: 4 KiB pages make ~1 MiB resident; the huge pages
+    # numpy asks for made 285 MiB resident here.
+    rows = torch.randperm(1 << 21)[:200]
+    before = _resident_mib()
+    table = lazy_zeros((1 << 21, 64), torch.float32, torch.device("cpu"))
+    table[rows] = 1.0
+    assert _resident_mib() - before < 64
+    assert table.sum().item() == 200 * 64
