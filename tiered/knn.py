@@ -219,7 +219,7 @@ class FaissKNN(KNNIndex):
         # held (B, capacity) row ids (-1 pad), count (B,) rows held, member (B, N) (lazily
         # zero-filled) which rows are held.
         self.capacity = exhaustive_rows
-        self.held = np.full((batch_size, exhaustive_rows), -1, dtype=np.int64)
+        self.held = np.full((batch_size, max(exhaustive_rows, 1)), -1, dtype=np.int64)
         self.count = np.zeros(batch_size, dtype=np.int64)
         self.member = np.zeros((batch_size, slots), dtype=bool)
 
@@ -235,7 +235,7 @@ class FaissKNN(KNNIndex):
     def rebuild(self, memory: Tensor, written: Tensor) -> None:
         self.held.fill(-1)
         self.count.fill(0)
-        self.member.fill(False)
+        self.member = np.zeros_like(self.member)  # fresh zero pages, not B N bytes written
         for b, index in enumerate(self.indexes):
             index.reset()
             rows = torch.nonzero(written[b]).flatten()
@@ -253,11 +253,12 @@ class FaissKNN(KNNIndex):
         )
         vectors = normalize_rows(gathered).float().cpu().numpy()
         for b, index in enumerate(self.indexes):
-            ids = np.ascontiguousarray(rows_cpu[b][valid_cpu[b]].astype(np.int64))
+            # each row once (the RAM passes distinct rows; FAISS would add a repeat twice)
+            ids, first = np.unique(rows_cpu[b][valid_cpu[b]].astype(np.int64), return_index=True)
             if not len(ids):
                 continue
             index.remove_ids(self.faiss.IDSelectorArray(len(ids), self.faiss.swig_ptr(ids)))
-            index.add_with_ids(np.ascontiguousarray(vectors[b][valid_cpu[b]]), ids)
+            index.add_with_ids(np.ascontiguousarray(vectors[b][valid_cpu[b]][first]), ids)
             self._hold(b, ids)
 
     def search(self, memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
@@ -268,7 +269,10 @@ class FaissKNN(KNNIndex):
         if not few.all():
             q = normalize_rows(queries.detach()).float().cpu().numpy()
             for b in np.flatnonzero(~few):
-                self.indexes[b].nprobe = self.nprobe
+                # every list while the rows are few but were not all listed (capacity below
+                # an exhaustive_rows raised after construction): exact as well
+                exact = self.count[b] <= self.exhaustive_rows
+                self.indexes[b].nprobe = self.nlist if exact else self.nprobe
                 _, labels = self.indexes[b].search(np.ascontiguousarray(q[b]), k)
                 out[b] = torch.from_numpy(labels).to(out.device)
         return out.to(queries.device)

@@ -29,6 +29,7 @@ Named dimensions: B batch, N slots, KL links per slot, S rows written, X entries
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from typing import NamedTuple
 
@@ -58,7 +59,8 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
         return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
     # anonymous and private (copied on write after a fork): zero-filled page by page
     buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
-    buffer.madvise(advice)
+    with contextlib.suppress(OSError):  # a kernel without huge pages refuses it: no harm
+        buffer.madvise(advice)
     # the array (and through it the tensor) keeps the mapping alive
     return torch.from_numpy(np.frombuffer(buffer, dtype=np_dtype).reshape(shape))
 

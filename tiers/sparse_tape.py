@@ -136,7 +136,7 @@ class SparseTape(Opaque):
     def accumulator(self) -> Tensor:
         """The dense gradient of the memory, dM, kept across backward passes.
 
-        On CPU it is allocated zero-filled by the kernel (numpy's calloc), so only rows
+        On CPU it is allocated zero-filled by the kernel (``lazy_zeros``), so only rows
         that backward touches become resident: memory stays flat in N. Touched rows are
         cleared after each backward.
         """

@@ -380,6 +380,33 @@ def test_faiss_lists_exactly_the_rows_its_indexes_hold():
     )
 
 
+@needs_faiss
+def test_faiss_edge_settings_stay_exact_or_padded():
+    torch.manual_seed(0)
+    slots, width = 256, 6  # 16 lists
+    memory = torch.randn(2, slots, width)
+    written = torch.zeros(2, slots, dtype=torch.bool)
+    queries = torch.randn(2, 3, width)
+    # nothing listed (exhaustive_rows=0): an empty index gives -1, a filled one the IVF
+    index = FaissKNN(load_faiss(), 2, slots, width, nprobe=16, exhaustive_rows=0)
+    index.rebuild(memory, written)
+    assert (index.search(memory, written, queries, 4) == -1).all()
+    rows = torch.tensor([[3, 3, 9, 200], [7, 8, 8, 1]])  # a repeat in each batch element
+    valid = torch.ones_like(rows, dtype=torch.bool)
+    written.scatter_(1, rows, True)
+    index.update(memory, rows, valid)
+    assert [index.indexes[b].ntotal for b in range(2)] == index.count.tolist() == [3, 3]
+    expected = exact_search(memory, written, queries, 4)
+    assert torch.equal(index.search(memory, written, queries, 4), expected)
+    # more rows than listed, but exhaustive_rows raised after construction: still exact
+    index = FaissKNN(load_faiss(), 2, slots, width, nprobe=1, exhaustive_rows=4)
+    written[:, :40] = True
+    index.rebuild(memory, written)
+    index.exhaustive_rows = slots
+    expected = exact_search(memory, written, queries, 5)
+    assert torch.equal(index.search(memory, written, queries, 5), expected)
+
+
 def test_backward_over_two_segments_leaves_the_buffer_and_matches_the_reference():
     ram = RAM(N, W, read_heads=R, k=N, sparse=True, index="exact").double()
     interfaces = torch.randn(B, 8, ram.interface_size, dtype=torch.float64, requires_grad=True)
