@@ -3,30 +3,36 @@
 #
 # Here, once:   make gpu-wheels        (zarr and its needs for the GPU machine's Python 3.12)
 # Device tool:  run  command="bash experiments/benchmarks/gpu_check.sh"  carry=[".whl"]
-#               timeout_s=540; the checks took about N minutes (fill in after the first run).
+#               timeout_s=540 (not run yet: adjust once its duration is known)
 #
 # It runs tests/tiers/test_ram_cuda.py (the RAM on CUDA against the CPU, float64), then the
-# scaling benchmark on the GPU, and leaves the test log and sparse_ram_scaling_cuda.{md,csv,png}
-# under $OUT (or experiments/results/ when OUT is unset). The GPU machine has torch and
-# Lightning but no zarr and no network; the wheels from .whl/ go to /tmp/site. It has no
-# FAISS either: the GPU column is the exact backend (FAISS searches on the CPU anyway).
+# scaling benchmark on the GPU with fresh and with filled memories. It leaves 7 files under
+# $OUT (the device tool brings back 8 at most), or experiments/results/ when OUT is unset:
+# gpu_check.log (GPU, torch, test and benchmark output) and
+# sparse_ram_scaling_cuda{,_prefill1}.{md,csv,png}. The GPU machine has torch and Lightning
+# but no zarr and no network; the wheels from .whl/ go to /tmp/site. It has no FAISS either:
+# the GPU column is the exact backend (FAISS's IVF lists live on the CPU anyway).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-experiments/results}
+log="$out/gpu_check.log"
 mkdir -p "$out"
+: >"$log"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
+        --target /tmp/site .whl/*.whl 2>&1 | tee -a "$log" || exit 1
 fi
 # The checkout itself (not installed): a script run by path does not see the current folder.
 export PYTHONPATH="/tmp/site:$PWD"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$log"
 python3 -c "import torch, tiered.tiers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
-    | tee -a "$out/gpu.txt" || exit 1
+    2>&1 | tee -a "$log" || exit 1
 status=0
-python3 -m pytest -q -p no:cacheprovider -rs tests/tiers/test_ram_cuda.py 2>&1 | tee "$out/gpu_tests.log" \
+python3 -m pytest -q -p no:cacheprovider -rs tests/tiers/test_ram_cuda.py 2>&1 | tee -a "$log" \
     || status=1
 python3 experiments/benchmarks/sparse_ram_scaling.py --device cuda --out "$out" 2>&1 \
-    | tee "$out/gpu_bench.log" || status=1
+    | tee -a "$log" || status=1
+python3 experiments/benchmarks/sparse_ram_scaling.py --device cuda --prefill 1 --dense-slots \
+    --out "$out" 2>&1 | tee -a "$log" || status=1
 exit $status
