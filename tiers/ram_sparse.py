@@ -151,17 +151,22 @@ def gather_read(
 
 
 def record_access(tape: SparseTape, rows: Tensor, weights: Tensor, time: Tensor) -> None:
-    """Update ``last_access`` and the LRU heap for rows whose weight exceeds DELTA."""
-    accessed = (weights.detach() > DELTA) & (rows >= 0)
-    flat_rows, flat_accessed = rows.reshape(rows.shape[0], -1), accessed.reshape(rows.shape[0], -1)
+    """Update ``last_access`` and the LRU heap for rows whose weight exceeds DELTA.
+
+    Args:
+        rows: (B, ...) row ids (-1: none); weights: (B, ...) their weights; time: (B,) clock.
+    """
+    B = rows.shape[0]
+    flat_rows = rows.reshape(B, -1)
+    accessed = (weights.detach() > DELTA).reshape(B, -1) & (flat_rows >= 0)  # (B, X)
+    # one scatter for the whole batch; a row listed twice gets the same time twice
+    flat = tape.flat_rows(flat_rows.clamp_min(0))[accessed]
+    tape.last_access.view(-1)[flat] = time.unsqueeze(1).expand_as(flat_rows)[accessed]
     times = time.tolist()
-    for b, (row_list, mask) in enumerate(
-        zip(flat_rows.tolist(), flat_accessed.tolist(), strict=True)
-    ):
-        hit = sorted({r for r, m in zip(row_list, mask, strict=True) if m})
+    for b, (row_list, mask) in enumerate(zip(flat_rows.tolist(), accessed.tolist(), strict=True)):
+        hit = {r for r, m in zip(row_list, mask, strict=True) if m}
         if hit:
-            tape.usage.access(b, hit, times[b])
-            tape.last_access[b, hit] = times[b]
+            tape.usage.access(b, sorted(hit), times[b])
 
 
 class SparseInterface(NamedTuple):
