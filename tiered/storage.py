@@ -119,7 +119,9 @@ class KVStore:
         group.create_array(
             "values", shape=(0, value_width), chunks=(chunk_rows, value_width), dtype=dtype
         )
-        group.attrs.update(
+        # One metadata write: ``group.attrs.update`` would write once per key, and a reader
+        # in another process could see the format without ``committed_rows``.
+        group.update_attributes(
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -143,9 +145,12 @@ class KVStore:
             raise StoreNotFoundError(
                 f"store {url!r} does not exist or is not a zarr group"
             ) from error
-        if not dict(group.attrs) and set(group.keys()) <= {"keys", "values"}:
-            # No attributes yet and nothing but our arrays: a creation not finished. Any
-            # other group fails the format check in __init__ (never mistaken for ours).
+        attrs = dict(group.attrs)
+        unfinished = not attrs or (attrs.get("format") == FORMAT and "committed_rows" not in attrs)
+        if unfinished and set(group.keys()) <= {"keys", "values"}:
+            # No attributes yet (or, from a writer that set them one at a time, our format
+            # without committed_rows) and nothing but our arrays: a creation not finished.
+            # Any other group fails the format check in __init__ (never mistaken for ours).
             raise IncompleteStoreError(
                 f"store {url!r} is incomplete (no committed_rows attribute yet): another "
                 f"process is creating it, or its creation was interrupted; it holds no rows"

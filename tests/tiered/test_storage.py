@@ -174,3 +174,36 @@ def test_rom_build_refuses_to_replace_a_remote_store_without_overwrite(tmp_path,
     assert rom_main(args) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert KVStore.open(url).rows == 4
+
+
+def test_create_writes_all_attributes_in_one_metadata_write(tmp_path, monkeypatch):
+    """A reader in another process must never see the format without committed_rows."""
+    import json
+
+    import zarr.storage
+
+    seen = []
+    original = zarr.storage.LocalStore.set
+
+    async def recording_set(self, key, value):
+        if key == "zarr.json":
+            seen.append(json.loads(value.to_bytes()).get("attributes", {}))
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", recording_set)
+    KVStore.create(tmp_path / "kv", 4, 3)
+    assert seen and seen[-1]["committed_rows"] == 0
+    assert all(not attrs or "committed_rows" in attrs for attrs in seen), seen
+
+
+def test_a_store_with_our_format_but_no_committed_rows_is_incomplete(tmp_path):
+    import zarr
+
+    from tiered.storage import IncompleteStoreError
+
+    group = zarr.open_group(str(tmp_path / "kv"), mode="w-")
+    group.create_array("keys", shape=(0, 4), chunks=(8, 4), dtype="float32")
+    group.create_array("values", shape=(0, 3), chunks=(8, 3), dtype="float32")
+    group.attrs["format"] = "tiered-kv"  # as a writer setting attributes one at a time
+    with pytest.raises(IncompleteStoreError, match="is incomplete"):
+        KVStore.open(str(tmp_path / "kv"))
