@@ -169,8 +169,7 @@ class ExactKNN(KNNIndex):
         return None
 
     def search(self, memory: Tensor, written: Tensor, queries: Tensor, k: int) -> Tensor:
-        norms = self.norms if self.norms is not None and self.norms.shape == written.shape else None
-        return exact_search(memory, written, queries, k, norms=norms)
+        return exact_search(memory, written, queries, k, norms=self.norms)
 
 
 class FaissKNN(KNNIndex):

@@ -52,6 +52,12 @@ class TierOutput(NamedTuple):
     stats: TierStats
 
 
+def head_slices(read_heads: int, width: int) -> list[slice]:
+    """The interface slices of ``read_heads`` queries of ``width`` features laid end to end
+    at the start of the interface: the ``query_slices`` of the RAM, ROM and Disk."""
+    return [slice(h * width, (h + 1) * width) for h in range(read_heads)]
+
+
 def write_ticks(clock: Tensor, period: int) -> Tensor:
     """Which batch elements write at this step.
 

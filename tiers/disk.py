@@ -31,7 +31,7 @@ from torch import Tensor
 
 from tiered.knn import normalize_rows
 from tiered.storage import IncompleteStoreError, KVStore, StoreError, StoreNotFoundError
-from tiered.tier import Tier, TierOutput, TierStats, write_ticks
+from tiered.tier import Tier, TierOutput, TierStats, head_slices, write_ticks
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
 from tiered.validation import check_positive_int
@@ -168,7 +168,7 @@ class Disk(Tier):
     @property
     def query_slices(self) -> list[slice]:
         """Each head's query: the first R x Dk interface features."""
-        return [slice(h * self.key_width, (h + 1) * self.key_width) for h in range(self.read_heads)]
+        return head_slices(self.read_heads, self.key_width)
 
     @property
     def read_size(self) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from tiered.knn import make_index, resolve_backend, set_faiss_threads
-from tiered.tier import Tier, TierOutput, TierStats, write_ticks
+from tiered.tier import Tier, TierOutput, TierStats, head_slices, write_ticks
 from tiered.tiers.ram_dense import RAMState, dense_step, ram_interface_size
 from tiered.tiers.ram_sparse import (
     SparseRAMState,
@@ -106,7 +106,7 @@ class RAM(Tier):
     @property
     def query_slices(self) -> list[slice]:
         """Each read head's key: the first R x W interface features (both modes)."""
-        return [slice(h * self.width, (h + 1) * self.width) for h in range(self.read_heads)]
+        return head_slices(self.read_heads, self.width)
 
     @property
     def read_size(self) -> int:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from tiered.knn import load_faiss, normalize_rows
 from tiered.storage import KVStore, StoreError
-from tiered.tier import Tier, TierOutput, TierStats
+from tiered.tier import Tier, TierOutput, TierStats, head_slices
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.validation import check_choice, check_positive_int
 
@@ -160,7 +160,7 @@ class ROM(Tier):
     @property
     def query_slices(self) -> list[slice]:
         """Each head's query: the first R x Dk interface features."""
-        return [slice(h * self.key_width, (h + 1) * self.key_width) for h in range(self.read_heads)]
+        return head_slices(self.read_heads, self.key_width)
 
     @property
     def read_size(self) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tiered import detach_state, map_state
-from tiered.knn import ExactKNN, exact_search, resolve_backend
+from tiered.knn import ExactKNN, exact_search
 from tiered.tiers import RAM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -94,7 +94,3 @@ def test_dense_ram_on_cuda_matches_the_cpu():
         (grad,) = torch.autograd.grad(reads.sum(), x)
         results.append((reads.detach().cpu(), grad.cpu()))
     torch.testing.assert_close(results[1], results[0])
-
-
-def test_auto_index_is_exact_on_cuda_at_any_size():
-    assert resolve_backend("auto", 1 << 24, CUDA) == "exact"

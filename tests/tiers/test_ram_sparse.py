@@ -10,7 +10,7 @@ import torch
 from torch.autograd import gradcheck
 
 from tiered import detach_state
-from tiered.knn import FaissKNN, exact_search, load_faiss
+from tiered.knn import FaissKNN, exact_search, load_faiss, resolve_backend
 from tiered.tiers import RAM
 from tiered.tiers.ram_sparse import SparseRAMState, unique_rows
 from tiered.tiers.ram_sparse_reference import reference_initial_state, reference_step
@@ -290,6 +290,12 @@ def test_auto_mode_and_sizes():
         RAM(2048, 8, write_heads=2)
     with pytest.raises(ValueError, match="RAM: index must be one of"):
         RAM(8, 8, index="annoy")
+
+
+def test_auto_index_is_exact_on_cuda_at_any_size():
+    # resolve_backend only reads the device type: no GPU is needed to check the choice
+    assert resolve_backend("auto", 1 << 24, torch.device("cuda")) == "exact"
+    assert resolve_backend("auto", (1 << 15) - 1, torch.device("cpu")) == "exact"
 
 
 def test_faiss_requested_without_faiss_falls_back_to_exact_with_a_warning(monkeypatch):
