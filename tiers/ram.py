@@ -167,6 +167,8 @@ class RAM(Tier):
         )
         tape = SparseTape(memory, written, last_access, index, tables)
         R, K = self.read_heads, self.k
+        token = torch.zeros((), device=device, dtype=memory.dtype)
+        tape.advance(token)
         return SparseRAMState(
             memory=memory,
             read_weights=torch.zeros(B, R, K, device=device, dtype=memory.dtype),
@@ -175,7 +177,7 @@ class RAM(Tier):
             precedence=torch.zeros(B, self.links, device=device, dtype=memory.dtype),
             last_access=last_access,
             links=tables,
-            token=torch.zeros((), device=device, dtype=memory.dtype),
+            token=token,
             clock=torch.zeros(B, device=device, dtype=torch.long),
             tape=tape,
         )
@@ -223,6 +225,7 @@ class RAM(Tier):
         self.check_interface(interface, state.clock)
         tick = write_ticks(state.clock, self.period)  # (B,)
         if self.sparse:
+            state.tape.check_newest(state.token, f"RAM '{self.name}'")  # type: ignore[union-attr]
             words, next_state, erased, in_use = sparse_step(
                 interface, state, width=self.width, read_heads=self.read_heads, k=self.k,
                 tick=tick,

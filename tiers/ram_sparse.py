@@ -23,8 +23,10 @@ write, turning dM_t into dM_{t-1} on the written rows from their saved old conte
 sparse rollback, done on the gradient). Backward never reads or changes the buffer, so after
 backward it still holds the newest memory.
 
-Documented state contract: the buffer is shared by all states of a sequence; only the
-newest state is valid to continue from (to branch a sequence, ``RAM.rebuild_state`` it).
+State contract: the buffer is shared by all states of a sequence; only the newest state is
+valid to continue from, and a step given an older one raises (to branch a sequence, copy the
+newest state with ``RAM.rebuild_state``). A backward pass that stops before a segment's
+first step leaves rows in the gradient accumulator; the next pass clears them first.
 """
 
 from __future__ import annotations
@@ -301,4 +303,5 @@ def sparse_step(
         clock=state.clock + 1,
         tape=tape,
     )
+    tape.advance(token)
     return words.reshape(B, -1), next_state, erased, tape.in_use.to(interface.dtype)

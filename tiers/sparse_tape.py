@@ -24,15 +24,6 @@ from tiered.tiers.sparse_links import LinkTables, lazy_zeros
 DELTA = 0.005  # a weight above this counts as an access (SAM's delta)
 
 
-class Segment:
-    """One stretch of a sequence between detaches: its recorded steps share a gradient
-    accumulator, cleared once backward has gone back to the segment's first step."""
-
-    def __init__(self) -> None:
-        self.steps = 0  # writes recorded for backward
-        self.touched: list[Tensor] = []  # flat row ids whose gradient rows must be cleared
-
-
 class UsageTracker:
     """Least-recently-used row per batch element: a lazy heap plus the never-used rows.
 
@@ -89,7 +80,7 @@ class SparseTape(Opaque):
 
     Holds the memory buffer (B, N, W), the ``written`` mask (B, N), ``last_access`` (B, N),
     the link tables (sparse DNC, optional), the kNN index, the usage tracker, the gradient
-    accumulator and the current segment.
+    accumulator and the count of writes recorded in the current segment.
     Everything but the buffers is a cache rebuildable from the buffers.
     """
 
@@ -108,12 +99,32 @@ class SparseTape(Opaque):
         self.index = index
         self.usage = UsageTracker(last_access)
         self.grad: Tensor | None = None
-        self.segment = Segment()
+        self.touched: list[Tensor] = []  # flat row ids of the accumulator not yet cleared
+        self.pass_id: int | None = None  # the autograd graph task that last touched them
+        # Writes recorded for backward since the last detach (the current segment): backward
+        # clears the accumulator when it reaches the segment's first.
+        self.recorded = 0
         self.in_use = written.sum(dim=1)  # (B,) rows ever written
+        self.head: Tensor | None = None  # the newest state's token (detached)
+
+    def check_newest(self, token: Tensor, owner: str) -> None:
+        """Raise unless ``token`` is the newest state's: the buffers hold only the newest
+        memory, so continuing from an older state would read and write the wrong one."""
+        if self.head is not None and token.data_ptr() != self.head.data_ptr():
+            raise RuntimeError(
+                f"{owner}: this state is not the newest state of its sequence. The sparse "
+                "RAM's buffers are shared by all states of a sequence and hold the newest "
+                "memory only. Continue from the newest state; to branch a sequence, copy the "
+                "newest state with RAM.rebuild_state(state) and step each copy"
+            )
+
+    def advance(self, token: Tensor) -> None:
+        """Record ``token`` as the newest state's."""
+        self.head = token.detach()
 
     def detached(self) -> SparseTape:
         """Start a new segment: backward of later steps stops here (truncated BPTT)."""
-        self.segment = Segment()
+        self.recorded = 0
         return self
 
     # ---- buffer edits on the flat (B * N, W) view
@@ -134,15 +145,36 @@ class SparseTape(Opaque):
         return self.memory.gather(1, index)
 
     def accumulator(self) -> Tensor:
-        """The dense gradient of the memory, dM, kept across backward passes.
+        """The dense gradient of the memory, dM, for the backward pass now running.
 
         On CPU it is allocated zero-filled by the kernel (``lazy_zeros``), so only rows
         that backward touches become resident: memory stays flat in N. Touched rows are
-        cleared after each backward.
+        cleared when backward reaches a segment's first step. A pass that stopped before
+        that (``torch.autograd.grad`` asked only for some inputs, an error raised inside
+        backward) leaves rows behind: the next pass, a different autograd graph task,
+        clears them before it adds anything, so it never sees another pass's gradients.
         """
         if self.grad is None or self.grad.shape != self.memory.shape:
             self.grad = lazy_zeros(tuple(self.memory.shape), self.memory.dtype, self.memory.device)
+            self.touched.clear()
+        task = torch._C._current_graph_task_id()  # the running backward pass (torch's own
+        # non-reentrant checkpointing tells passes apart the same way)
+        if task != self.pass_id:
+            self.clear_touched()
+            self.pass_id = task
         return self.grad
+
+    def touch(self, flat: Tensor) -> None:
+        """Note accumulator rows (flat ids) that now hold a gradient."""
+        self.touched.append(flat)
+
+    def clear_touched(self) -> None:
+        """Zero every accumulator row noted since the last clear."""
+        if self.grad is not None:
+            flat_grad = self.grad.view(-1, self.grad.shape[-1])
+            for rows in self.touched:
+                flat_grad.index_fill_(0, rows, 0.0)
+        self.touched.clear()
 
 
 class _WriteRows(torch.autograd.Function):
@@ -151,21 +183,20 @@ class _WriteRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, token, weights, erase, add, tape, rows, valid, old):  # type: ignore[override]
         # ``old``: (B, S, W) the rows before this write, gathered once by the caller.
-        segment = tape.segment
         new = old * (1.0 - weights.unsqueeze(-1) * erase.unsqueeze(1)) + weights.unsqueeze(
             -1
         ) * add.unsqueeze(1)
         tape.put(rows, valid, new)
-        ctx.tape, ctx.segment, ctx.position = tape, segment, segment.steps
+        ctx.tape, ctx.position = tape, tape.recorded
         if any(ctx.needs_input_grad):
-            segment.steps += 1
+            tape.recorded += 1
             ctx.save_for_backward(weights, erase, add, old, rows, valid)
         return token.detach() + 0.0
 
     @staticmethod
     def backward(ctx, grad_token):  # type: ignore[override]
         weights, erase, add, old, rows, valid = ctx.saved_tensors
-        tape, segment = ctx.tape, ctx.segment
+        tape = ctx.tape
         accumulator = tape.accumulator()  # holds dM_t on the rows that matter here
         flat = tape.flat_rows(rows)
         grad_new = accumulator.view(-1, accumulator.shape[-1])[flat.clamp_min(0)]  # (B, S, W)
@@ -177,11 +208,9 @@ class _WriteRows(torch.autograd.Function):
         grad_erase = -(grad_new * old * w).sum(1)
         grad_add = (grad_new * w).sum(1)
         accumulator.view(-1, accumulator.shape[-1]).index_copy_(0, flat[valid], grad_old[valid])
-        segment.touched.append(flat[valid])  # the accumulator now holds dM_{t-1} there
+        tape.touch(flat[valid])  # the accumulator now holds dM_{t-1} there
         if ctx.position == 0:  # back at the segment's first step: clear for the next pass
-            for touched in segment.touched:
-                accumulator.view(-1, accumulator.shape[-1]).index_fill_(0, touched, 0.0)
-            segment.touched.clear()
+            tape.clear_touched()
         return (
             torch.zeros_like(grad_token),
             grad_weights,
@@ -199,7 +228,7 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, token, tape, rows):  # type: ignore[override]
-        ctx.tape, ctx.segment = tape, tape.segment
+        ctx.tape = tape
         ctx.save_for_backward(rows)
         return tape.gather(rows), token.detach() + 0.0
 
@@ -214,7 +243,7 @@ class _GatherRows(torch.autograd.Function):
             accumulator.view(-1, accumulator.shape[-1]).index_add_(
                 0, flat[valid], grad_rows[valid].to(accumulator.dtype)
             )
-            ctx.segment.touched.append(flat[valid])
+            tape.touch(flat[valid])
         dtype = grad_rows.dtype if grad_rows is not None else torch.float32
         zero = torch.zeros((), dtype=dtype, device=rows.device)  # the token's gradient
         return zero if grad_token is None else torch.zeros_like(grad_token), None, None

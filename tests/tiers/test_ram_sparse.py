@@ -477,3 +477,46 @@ def test_lazy_zeros_make_only_the_touched_pages_resident():
     table[rows] = 1.0
     assert _resident_mib() - before < 64
     assert table.sum().item() == 200 * 64
+
+
+def test_a_step_from_an_older_state_raises_and_the_newest_still_continues():
+    ram = RAM(N, W, read_heads=R, k=3, sparse=True, index="exact").double()
+    x = torch.randn(B, 3, ram.interface_size, dtype=torch.float64)
+    first = ram.initial_state(B, dtype=torch.float64)
+    _, second, _ = ram(x[:, 0], first)
+    with pytest.raises(RuntimeError, match=r"RAM 'ram': this state is not the newest"):
+        ram(x[:, 1], first)  # the buffer already holds the memory after step 0
+    _, third, _ = ram(x[:, 1], detach_state(second))  # a detached newest state is the newest
+    branch = ram.rebuild_state(third)  # a copy steps on its own buffers
+    read_a, _, _ = ram(x[:, 2], third)
+    read_b, _, _ = ram(x[:, 2], branch)
+    torch.testing.assert_close(read_a, read_b)
+    with pytest.raises(RuntimeError, match="not the newest"):
+        ram(x[:, 2], second)
+
+
+@pytest.mark.parametrize("links", [0, N], ids=["sam", "sparse_dnc"])
+def test_a_backward_pass_that_stops_early_does_not_leak_into_the_next(links):
+    # A pass asked only for step 3's input stops there, before the segment's first step,
+    # leaving rows in the gradient accumulator; a later full pass must not add them in.
+    ram = RAM(N, W, read_heads=R, k=3, links=links, sparse=True, index="exact").double()
+    inputs = [
+        torch.randn(B, ram.interface_size, dtype=torch.float64, requires_grad=True)
+        for _ in range(6)
+    ]
+
+    def run():
+        state = ram.initial_state(B, dtype=torch.float64)
+        reads = []
+        for x in inputs:
+            read, state, _ = ram(x, state)
+            reads.append(read)
+        return torch.stack(reads, 1)
+
+    g = torch.randn(B, 6, R * W, dtype=torch.float64)
+    clean = torch.autograd.grad(run(), inputs, g)
+    reads = run()
+    torch.autograd.grad(reads, inputs[3], g, retain_graph=True)  # a partial pass
+    after_partial = torch.autograd.grad(reads, inputs, g)
+    for a, b in zip(after_partial, clean, strict=True):
+        torch.testing.assert_close(a, b)
