@@ -1,9 +1,10 @@
 """TieredModule: the LightningModule that trains a controller with memory tiers.
 
 The loss is the task loss plus, for every tier, ``rewrite_penalty * rewrite`` averaged
-over batch and time:
+over the steps sequences really have (padding after a shorter sequence's end counts for
+nothing):
 
-    loss = task_loss + sum over tiers of mean_{b, t}(lambda_tier * rewrite_tier[b, t])
+    loss = task_loss + sum over tiers of mean_{(b, t) real}(lambda_tier * rewrite_tier[b, t])
 
 ``bits`` tasks use binary cross-entropy on logits, averaged over scored steps and bits;
 ``tokens`` tasks use cross-entropy averaged over scored steps.
@@ -131,19 +132,27 @@ class TieredModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- steps
     def _losses(self, out: Any, batch: SequenceBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Task loss sum, scored count and the per-tier mean penalties of one window."""
+        """Task loss sum, scored count and the per-tier penalty sums over real steps of one
+        window (padding steps count for nothing)."""
         total = masked_loss_sum(out.output, batch.targets, batch.mask, self.loss_kind)
         count = scored_count(out.output, batch.mask, self.loss_kind)
-        penalties = {name: aux.penalty.mean() for name, aux in out.aux.items()}
+        steps = batch.steps.to(out.output.dtype)
+        penalties = {name: (aux.penalty * steps).sum() for name, aux in out.aux.items()}
         return total, count, penalties
 
-    def _log_tiers(self, stage: str, aux: dict[str, Any], penalties: dict[str, Tensor]) -> None:
+    def _log_tiers(
+        self, stage: str, aux: dict[str, Any], penalties: dict[str, Tensor], steps: Tensor
+    ) -> None:
+        """Log each tier's penalty (already a mean over real steps) and statistics, the
+        rewrite averaged over real steps (B, T) like the penalty."""
         on_step = stage == "train"
         B = next(iter(aux.values())).rewrite.shape[0]
+        weights = steps.to(penalties[next(iter(penalties))].dtype)
+        real = weights.sum().clamp_min(1)
         values = {}
         for name, record in aux.items():
             values[f"{stage}/penalty/{name}"] = penalties[name].detach()
-            values[f"{stage}/rewrite/{name}"] = record.rewrite.detach().mean()
+            values[f"{stage}/rewrite/{name}"] = (record.rewrite.detach() * weights).sum() / real
             values[f"{stage}/reads/{name}"] = record.reads.mean()
             values[f"{stage}/writes/{name}"] = record.writes.mean()
             values[f"{stage}/slots_in_use/{name}"] = record.slots_in_use.mean()
@@ -153,11 +162,13 @@ class TieredModule(L.LightningModule):
 
     def _step(self, batch: SequenceBatch, stage: str) -> Tensor:
         out = self.controller(batch.inputs)
-        total, count, penalties = self._losses(out, batch)
+        total, count, penalty_sums = self._losses(out, batch)
         task_loss = total / count.clamp_min(1)
+        real_steps = batch.steps.sum().clamp_min(1)
+        penalties = {name: value / real_steps for name, value in penalty_sums.items()}
         loss = task_loss + sum(penalties.values())
         self._log_losses(stage, loss, task_loss, batch)
-        self._log_tiers(stage, out.aux, penalties)
+        self._log_tiers(stage, out.aux, penalties, batch.steps)
         if stage == "train":
             if self.loss_kind == "bits":
                 self._log_train_bit_errors(
@@ -195,15 +206,17 @@ class TieredModule(L.LightningModule):
         """Optimise every ``tbptt_steps`` steps; the state is detached between windows."""
         optimizer = self.optimizers()
         state, sums, counts, last, errors = None, [], [], None, 0.0
+        penalty_totals: dict[str, Tensor] = {}
         T = batch.inputs.shape[1]
         for start in range(0, T, self.tbptt_steps):
             window = SequenceBatch(*(t[:, start : start + self.tbptt_steps] for t in batch))
             out = self.controller(window.inputs, state)
-            total, count, penalties = self._losses(out, window)
-            # Each window's task loss is its share of the whole sequence's mean loss.
+            total, count, penalty_sums = self._losses(out, window)
+            # Each window's losses are its shares of the whole batch's means: the task loss
+            # over the batch's scored elements, the penalties over its real steps.
             whole_count = scored_count(out.output, batch.mask, self.loss_kind).clamp_min(1)
-            steps_share = window.inputs.shape[1] / T
-            loss = total / whole_count + steps_share * sum(penalties.values())
+            whole_steps = batch.steps.sum().clamp_min(1)
+            loss = total / whole_count + sum(penalty_sums.values()) / whole_steps
             optimizer.zero_grad()
             self.manual_backward(loss)
             if self.gradient_clip_val:
@@ -216,14 +229,18 @@ class TieredModule(L.LightningModule):
             counts.append(count)
             if self.loss_kind == "bits":  # wrong bits per sequence add up across windows
                 errors = errors + bit_errors(out.output.detach(), window.targets, window.mask)
-            last = (out, penalties)
+            for name, value in penalty_sums.items():
+                penalty_totals[name] = penalty_totals.get(name, 0.0) + value.detach()
+            last = (out, window.steps)
         task_loss = torch.stack(sums).sum() / torch.stack(counts).sum().clamp_min(1)
-        out, penalties = last  # type: ignore[misc]
-        # Logged for the whole batch: the task loss; for the last window: penalties, stats.
+        whole_steps = batch.steps.sum().clamp_min(1)
+        penalties = {name: value / whole_steps for name, value in penalty_totals.items()}
+        out, steps = last  # type: ignore[misc]
+        # Logged for the whole batch: the losses and penalties; for the last window: stats.
         self._log_losses(
             "train", task_loss + sum(p.detach() for p in penalties.values()), task_loss, batch
         )
-        self._log_tiers("train", out.aux, penalties)
+        self._log_tiers("train", out.aux, penalties, steps)
         if self.loss_kind == "bits":
             self._log_train_bit_errors(errors)  # type: ignore[arg-type]
 

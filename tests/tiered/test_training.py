@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,8 @@ from tiered import TieredModule
 from tiered.cli import make_cli
 from tiered.controllers import LSTMController
 from tiered.tasks import AssociativeRecall, Copy, PrioritySort, RepeatCopy, ShortestPath
-from tiered.tasks.base import BatchIndexSampler, TaskBatches
+from tiered.tasks.base import BatchIndexSampler, TaskBatches, pad_examples
+from tiered.tasks.copy import copy_example
 from tiered.tiers import RAM, Cache, Register
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,3 +200,50 @@ def test_key_value_lookup_reads_a_store_in_forked_dataloader_workers(tmp_path):
         assert match.any(-1).all()
         expected = torch.from_numpy(values[rows.numpy()] > 0).float()
         assert torch.equal(batch.targets.reshape(-1, 3), expected)
+
+
+def _padded_setup():
+    """Copy sequences of lengths 5, 1 and 3 (11, 3 and 7 steps) padded to 11 steps, and a
+    float64 module whose Register and Cache both carry a rewrite penalty."""
+    torch.manual_seed(0)
+    task = Copy(batch_size=3, lengths=(1, 5))
+    rng = np.random.default_rng(0)
+    batch = pad_examples([copy_example(rng, task.bits, n) for n in (5, 1, 3)], tokens=False)
+    batch = batch._replace(inputs=batch.inputs.double(), targets=batch.targets.double())
+    controller = LSTMController(
+        input_size=task.input_size, output_size=task.output_size,
+        register=Register(hidden_size=7, rewrite_penalty=0.5),
+        tiers=[Cache(slots=3, width=5, rewrite_penalty=2.0)],
+    )  # fmt: skip
+    return batch, TieredModule(controller).double()
+
+
+def test_the_rewrite_penalty_is_averaged_over_real_steps_only():
+    batch, module = _padded_setup()
+    assert batch.steps.sum(1).tolist() == [11, 3, 7] and batch.steps.shape[1] == 11
+    out = module.controller(batch.inputs)
+    real = batch.steps.double()
+    task = torch.nn.functional.binary_cross_entropy_with_logits(
+        out.output[batch.mask], batch.targets[batch.mask]
+    )
+    penalties = [(aux.penalty * real).sum() / real.sum() for aux in out.aux.values()]
+    padded = [aux.penalty[~batch.steps].abs().sum() for aux in out.aux.values()]
+    assert all(p > 0 for p in padded)  # padding steps do rewrite: they must not count
+    with pytest.warns(UserWarning, match="self.log"):  # no trainer attached
+        loss = module._step(batch, "val")
+    torch.testing.assert_close(loss, task + sum(penalties))
+
+
+def test_truncated_windows_share_out_the_whole_batch_penalty():
+    batch, module = _padded_setup()
+    out = module.controller(batch.inputs)
+    real = batch.steps.double()
+    whole = sum((aux.penalty * real).sum() / real.sum() for aux in out.aux.values())
+    state, shares = None, []
+    for start in range(0, 11, 4):  # windows of 4, 4 and 3 steps, as tbptt_steps=4 cuts
+        window = type(batch)(*(t[:, start : start + 4] for t in batch))
+        window_out = module.controller(window.inputs, state)
+        state = window_out.state
+        _, _, sums = module._losses(window_out, window)
+        shares.append(sum(sums.values()) / batch.steps.sum())
+    torch.testing.assert_close(sum(shares), whole)

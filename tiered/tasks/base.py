@@ -34,11 +34,14 @@ class SequenceBatch(NamedTuple):
         targets: (B, T, O) float32 bits in {0, 1} for ``bits`` tasks, or (B, T) int64
             class indices for ``tokens`` tasks.
         mask: (B, T) bool, True where the output is scored.
+        steps: (B, T) bool, True on a sequence's own steps, False on padding: per-step
+            terms such as the rewrite penalty are averaged over these.
     """
 
     inputs: Tensor
     targets: Tensor
     mask: Tensor
+    steps: Tensor
 
 
 class Example(NamedTuple):
@@ -67,6 +70,7 @@ def pad_examples(examples: Sequence[Example], tokens: bool) -> SequenceBatch:
     B, I = len(examples), examples[0].inputs.shape[-1]
     inputs = np.zeros((B, T, I), dtype=np.float32)
     mask = np.zeros((B, T), dtype=bool)
+    steps = np.zeros((B, T), dtype=bool)
     if tokens:
         targets = np.zeros((B, T), dtype=np.int64)
     else:
@@ -74,9 +78,8 @@ def pad_examples(examples: Sequence[Example], tokens: bool) -> SequenceBatch:
     for b, example in enumerate(examples):
         n = len(example.mask)
         inputs[b, :n], targets[b, :n], mask[b, :n] = example.inputs, example.targets, example.mask
-    return SequenceBatch(
-        torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(mask)
-    )
+        steps[b, :n] = True
+    return SequenceBatch(*(torch.from_numpy(a) for a in (inputs, targets, mask, steps)))
 
 
 class TaskBatches(Dataset):
