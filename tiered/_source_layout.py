@@ -1,10 +1,13 @@
 """Make ``tiered.tiers`` and ``tiered.controllers`` importable from a source checkout.
 
 Installed (wheel or editable), setuptools maps the top-level folders ``tiers/`` and
-``controllers/`` into the ``tiered`` namespace. When Python instead finds ``tiered/`` on
-``sys.path`` directly (running from the repository root without an install, or with a
-wheel installed but the checkout first on the path), this finder supplies the same mapping.
-It only acts when the folder above ``tiered/`` is this project's checkout.
+``controllers/`` into the ``tiered`` namespace (``package_dir`` in setup.py). When Python
+instead finds ``tiered/`` on ``sys.path`` directly, this finder supplies the same mapping.
+That happens with no install at all (experiments/benchmarks/gpu_check.sh puts the checkout on
+``PYTHONPATH`` on a GPU machine), and with a regular (non-editable) install when the checkout
+comes first on the path (``python -m pytest`` from the repository root). It only acts when the
+folder above ``tiered/`` is this project's checkout. tests/tiered/test_packaging.py checks
+both cases in fresh environments.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+# The same mapping as PACKAGE_DIR in setup.py.
 SUBPACKAGES = {"tiered.tiers": "tiers", "tiered.controllers": "controllers"}
 
 
