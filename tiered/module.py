@@ -25,6 +25,7 @@ from tiered.controllers.base import Controller
 from tiered.metrics import BitErrorsPerSequence, SequenceExactMatch, TokenAccuracy, bit_errors
 from tiered.state import detach_state
 from tiered.tasks.base import LOSSES, SequenceBatch
+from tiered.tier import Tier
 from tiered.validation import check_choice, check_non_negative_float, check_positive_int
 
 
@@ -196,6 +197,29 @@ class TieredModule(L.LightningModule):
             batch_size=batch.inputs.shape[0],
             sync_dist=not on_step,
         )
+
+    # -------------------------------------------------------------------------- stages
+    def _announce_stage(self) -> None:
+        """Tell every tier the running stage (a Disk appends only in the stages it names)."""
+        stage = self.trainer.state.stage
+        value = None if stage is None else str(stage.value)
+        for module in self.controller.modules():
+            if isinstance(module, Tier):
+                module.stage = value
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._announce_stage()
+
+    def on_validation_batch_start(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._announce_stage()
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._announce_stage()
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._announce_stage()
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor | None:
         if self.tbptt_steps is None:

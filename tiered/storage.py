@@ -18,9 +18,11 @@ partial row visible: the next append overwrites the uncommitted tail.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import zarr
@@ -50,6 +52,64 @@ class IncompleteStoreError(StoreError):
     """A store whose creation has not finished: another process is creating it, or a
     creation was interrupted. Creation writes the attributes last, so a store without them
     holds no committed rows."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the store's writer lock."""
+
+
+def lock_path(url: str) -> Path:
+    """The writer lock beside a local store: ``<parent>/.<name>.lock``."""
+    path = Path(url)
+    return path.parent / f".{path.name}.lock"
+
+
+class WriterLock:
+    """One writer per store: an advisory ``flock`` on a file beside it.
+
+    The kernel drops the lock when the holder closes it or its process ends in any way
+    (SIGKILL included), so a crashed writer never leaves a store locked. The file keeps the
+    holder's process id and host, to name it in the error another writer gets. Stores
+    behind a URL (``memory://``, object storage) have no such lock: one writer per store
+    is then the caller's to arrange.
+    """
+
+    def __init__(self, file: IO[str], path: Path) -> None:
+        self.file: IO[str] | None = file
+        self.path = path
+
+    @classmethod
+    def acquire(cls, url: str) -> WriterLock | None:
+        """Take the lock of the store at ``url`` now, or raise ``StoreLockedError`` naming
+        the store and the holder; None for stores behind a URL."""
+        if "://" in url:
+            return None
+        import fcntl
+
+        path = lock_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(path, "a+", encoding="utf-8")  # noqa: SIM115  (held until release)
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another writer"
+            file.close()
+            raise StoreLockedError(
+                f"store {url!r} is being written by {holder} (lock {str(path)!r}); a store "
+                f"takes one writer at a time"
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()} on host {socket.gethostname()}")
+        file.flush()
+        return cls(file, path)
+
+    def release(self) -> None:
+        """Give the lock up (closing the file drops it)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,10 @@ class TierOutput(NamedTuple):
     stats: TierStats
 
 
+# Lightning's running stages (``trainer.state.stage``), which tiers may act on.
+STAGES = ("train", "sanity_check", "validate", "test", "predict")
+
+
 def head_slices(read_heads: int, width: int) -> list[slice]:
     """The interface slices of ``read_heads`` queries of ``width`` features laid end to end
     at the start of the interface: the ``query_slices`` of the RAM, ROM and Disk."""
@@ -98,6 +102,17 @@ class Tier(nn.Module, abc.ABC):
         self.rewrite_penalty = check_non_negative_float(owner, "rewrite_penalty", rewrite_penalty)
         self.period = check_positive_int(owner, "period", period)
         self.name = check_name(owner, owner.lower() if name is None else name)
+        # The running stage, one of STAGES, set by the training module before each batch;
+        # None outside Lightning, where ``current_stage`` follows ``self.training``.
+        self.stage: str | None = None
+
+    @property
+    def current_stage(self) -> str:
+        """The stage this step runs in: the training module's, else "train" in train mode
+        and "validate" in eval mode."""
+        if self.stage is not None:
+            return self.stage
+        return "train" if self.training else "validate"
 
     @property
     @abc.abstractmethod

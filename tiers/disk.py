@@ -11,10 +11,16 @@ Shared memory, explicit rules:
     - Appended rows are constants (the keys and values are detached): gradients reach the
       queries and strengths of reads, not what was written. Nothing is ever overwritten, so
       ``rewrite`` is 0; ``writes`` counts rows appended.
+    - Stages: the Disk appends only in the stages named by ``append_stages``, by default
+      only while training, so validation, test, predict and Lightning's sanity check read
+      the Disk without leaving their sequences in it for later runs.
     - Ranks: the store is a folder of shards ``rank-<r>``. Each process appends only to its
       own shard (its torch.distributed rank, or ``rank``), and reads every shard as it was
       when the Disk first ran, plus its own appends. Shards are crash-safe stores, so a
       killed process never leaves a partial row.
+    - One writer per shard: the first append takes the shard's writer lock
+      (``tiered.storage.WriterLock``, a file lock beside it) and holds it until ``close()``
+      or the end of the process; a second writer fails at once, naming the holder.
     - Search is exact (matmul + top-k over all rows held in memory); keys are held in
       memory, values are read through an LRU cache.
 
@@ -30,8 +36,15 @@ import torch.distributed as dist
 from torch import Tensor
 
 from tiered.knn import normalize_rows
-from tiered.storage import IncompleteStoreError, KVStore, StoreError, StoreNotFoundError
-from tiered.tier import Tier, TierOutput, TierStats, head_slices, write_ticks
+from tiered.storage import (
+    IncompleteStoreError,
+    KVStore,
+    StoreError,
+    StoreLockedError,
+    StoreNotFoundError,
+    WriterLock,
+)
+from tiered.tier import STAGES, Tier, TierOutput, TierStats, head_slices, write_ticks
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
 from tiered.validation import check_positive_int
@@ -60,6 +73,10 @@ class Disk(Tier):
         cache_rows: capacity of each shard's LRU cache of values.
         rank: the shard this process appends to; None uses the torch.distributed rank
             (0 without DDP).
+        append_stages: the stages in which the Disk appends, among "train", "validate",
+            "test", "predict" and "sanity_check" (Lightning's running stages; outside
+            Lightning, "train" in train mode and "validate" in eval mode). Reads are
+            served in every stage.
         rewrite_penalty: accepted for the tier contract; appends never overwrite, so the
             rewrite is always 0.
         period: the Disk appends on every ``period``-th step (a slow clock); reads are
@@ -76,6 +93,7 @@ class Disk(Tier):
         read_heads: int = 1,
         cache_rows: int = 65536,
         rank: int | None = None,
+        append_stages: list[str] | tuple[str, ...] = ("train",),
         rewrite_penalty: float = 0.0,
         period: int = 16,
         name: str | None = None,
@@ -90,7 +108,16 @@ class Disk(Tier):
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
             raise ValueError(f"Disk: rank must be a non-negative integer or None, got {rank!r}")
         self.fixed_rank = rank
+        if isinstance(append_stages, str) or not all(
+            isinstance(stage, str) and stage in STAGES for stage in append_stages
+        ):
+            raise ValueError(
+                f"Disk: append_stages must be a list of stages among {list(STAGES)}, got "
+                f"{append_stages!r}"
+            )
+        self.append_stages = tuple(append_stages)
         self._opened = False  # shards open lazily: the DDP rank is known only at run time
+        self._lock: WriterLock | None = None  # taken by the first append
 
     # ------------------------------------------------------------------ shards
     def _open(self) -> None:
@@ -105,8 +132,10 @@ class Disk(Tier):
         try:
             self.own = KVStore.open(own, mode="a")
         except IncompleteStoreError:  # an interrupted creation of our own shard: no rows
+            self._take_lock(own)  # never remake a shard another writer is creating
             self.own = KVStore.create(own, self.key_width, self.value_width, overwrite=True)
         except StoreNotFoundError:
+            self._take_lock(own)
             self.own = KVStore.create(own, self.key_width, self.value_width)
         if (self.own.key_width, self.own.value_width) != (self.key_width, self.value_width):
             raise StoreError(
@@ -135,6 +164,28 @@ class Disk(Tier):
         self.local_row = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
         self.own_index = self.shards.index(self.own)
         self._opened = True
+
+    def _take_lock(self, url: str) -> None:
+        """Take our shard's writer lock, or raise naming the shard and its writer."""
+        if self._lock is not None:
+            return
+        try:
+            self._lock = WriterLock.acquire(url)
+        except StoreLockedError as error:
+            raise StoreLockedError(
+                f"Disk '{self.name}': shard {url!r} (rank {self.rank}) already has a writer: "
+                f"{error}. Give each process its own rank, or stop the other writer"
+            ) from None
+        if self._opened:  # the shard may have grown since we opened it: continue after it
+            fresh = KVStore.open(url, mode="a")
+            self.shards[self.own_index] = self.own = fresh
+            self.caches[self.own_index] = ValueCache(fresh, self.cache_rows)
+
+    def close(self) -> None:
+        """Give up the shard's writer lock (the next append takes it again)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _shard_urls(self) -> list[str]:
         if "://" in self.store_url:
@@ -186,15 +237,19 @@ class Disk(Tier):
     def append(self, keys: Tensor, values: Tensor) -> None:
         """Append rows (n, Dk) and (n, Dv) to this rank's shard and to the in-memory index."""
         self._open()
-        start = self.own.rows
-        self.own.append(keys.detach().float().cpu().numpy(), values.detach().float().cpu().numpy())
+        self._take_lock(shard_url(self.store_url, self.rank))
         n = keys.shape[0]
+        stop = self.own.append(
+            keys.detach().float().cpu().numpy(), values.detach().float().cpu().numpy()
+        )
+        start = stop - n
         self.keys = torch.cat([self.keys, normalize_rows(keys.detach().float().cpu())])
         self.owner = torch.cat([self.owner, torch.full((n,), self.own_index, dtype=torch.long)])
         self.local_row = torch.cat([self.local_row, torch.arange(start, start + n)])
 
     def forward(self, interface: Tensor, state: DiskState) -> TierOutput:
-        """Append on ticks (one row per batch element), then read by kNN."""
+        """Append on ticks (one row per batch element) in the ``append_stages``, then read
+        by kNN."""
         self.check_interface(interface, state.clock)
         self._open()
         B, R, Dk, Dv = interface.shape[0], self.read_heads, self.key_width, self.value_width
@@ -202,6 +257,8 @@ class Disk(Tier):
             interface, [R * Dk, R, Dk, Dv], dim=-1
         )
         tick = write_ticks(state.clock, self.period)  # (B,)
+        if self.current_stage not in self.append_stages:
+            tick = torch.zeros_like(tick)
         if bool(tick.any()):
             self.append(write_keys[tick], write_values[tick])
         queries = queries.reshape(B, R, Dk)
@@ -258,5 +315,6 @@ class Disk(Tier):
     def extra_repr(self) -> str:
         return (
             f"store={self.store_url!r}, key_width={self.key_width}, "
-            f"value_width={self.value_width}, k={self.k}, " + super().extra_repr()
+            f"value_width={self.value_width}, k={self.k}, "
+            f"append_stages={list(self.append_stages)}, " + super().extra_repr()
         )

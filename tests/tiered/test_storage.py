@@ -207,3 +207,36 @@ def test_a_store_with_our_format_but_no_committed_rows_is_incomplete(tmp_path):
     group.attrs["format"] = "tiered-kv"  # as a writer setting attributes one at a time
     with pytest.raises(IncompleteStoreError, match="is incomplete"):
         KVStore.open(str(tmp_path / "kv"))
+
+
+def test_a_chunk_write_that_fails_midway_leaves_the_old_chunk_whole(tmp_path, monkeypatch):
+    # Crash safety rests on zarr's local store writing each file to a temporary name and
+    # renaming it (zarr >= 3.1.3). A rename that never happens, as when the writer dies
+    # just before it, must leave the committed chunk as it was, not a torn one.
+    import pathlib
+
+    store = KVStore.create(tmp_path / "s", 3, 2, chunk_rows=4)
+    store.append(np.ones((4, 3)), np.ones((4, 2)))
+    chunk = next(p for p in (tmp_path / "s" / "keys").rglob("*") if p.is_file() and "c" in p.parts)
+    before = chunk.read_bytes()
+
+    def no_rename(self, target):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(pathlib.Path, "replace", no_rename)
+    with pytest.raises(OSError, match="killed before the rename"):
+        store.keys[0:4] = np.full((4, 3), 7.0, dtype=np.float32)
+    monkeypatch.undo()
+    assert chunk.read_bytes() == before
+    assert (KVStore.open(tmp_path / "s").read_keys() == 1).all()
+
+
+def test_the_zarr_requirement_admits_only_releases_that_write_atomically():
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    (zarr,) = [Requirement(r) for r in requires("tiered") if Requirement(r).name == "zarr"]
+    assert not zarr.specifier.contains(Version("3.1.2"))
+    assert zarr.specifier.contains(Version("3.1.3"))

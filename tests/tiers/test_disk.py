@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -159,9 +160,137 @@ def test_under_real_ddp_each_rank_fills_its_own_shard_and_a_new_run_reads_both(t
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
-    shards = sorted(p.name for p in store.iterdir())
+    shards = sorted(p.name for p in store.iterdir() if p.is_dir())
     assert shards == ["rank-0", "rank-1"]
+    assert sorted(p.name for p in store.glob(".*.lock")) == [".rank-0.lock", ".rank-1.lock"]
     rows = [KVStore.open(str(store / name)).rows for name in shards]
     assert all(n > 0 for n in rows)
     reader = Disk(str(store), 4, 3, rank=0)
     assert reader.rows == sum(rows)
+
+
+def test_appends_only_in_the_stages_it_names(tmp_path):
+    disk = Disk(str(tmp_path / "disk"), DK, DV, period=1)
+    interface = torch.randn(3, disk.interface_size)
+    disk.eval()  # outside Lightning, eval mode is the "validate" stage
+    _, _, stats = disk(interface, disk.initial_state(3))
+    assert disk.rows == 0 and (stats.writes == 0).all()
+    for stage in ("sanity_check", "validate", "test", "predict"):
+        disk.stage = stage
+        disk(interface, disk.initial_state(3))
+    assert disk.rows == 0
+    disk.stage = "train"
+    disk(interface, disk.initial_state(3))
+    assert disk.rows == 3
+    tester = Disk(str(tmp_path / "other"), DK, DV, period=1, append_stages=["test"])
+    tester.stage = "test"
+    tester(interface, tester.initial_state(3))
+    assert tester.rows == 3
+    with pytest.raises(ValueError, match=r"append_stages must be .*'predict'.*got \['eval'\]"):
+        Disk(str(tmp_path / "x"), DK, DV, append_stages=["eval"])
+
+
+def _disk_stack(store, task) -> LSTMController:
+    return LSTMController(
+        input_size=task.input_size, output_size=task.output_size, register=Register(8),
+        tiers=[Disk(str(store), 4, 3, period=2)],
+    )  # fmt: skip
+
+
+def _trainer(tmp_path, **kwargs):
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(tmp_path), **kwargs,
+    )  # fmt: skip
+
+
+def test_under_lightning_validation_sanity_check_and_test_leave_the_disk_unchanged(tmp_path):
+    from tiered import TieredModule
+    from tiered.tasks import Copy
+
+    def fit(store, **kwargs):
+        torch.manual_seed(0)
+        task = Copy(bits=4, lengths=(2, 3), batch_size=2, train_batches=3, val_batches=2)
+        model = TieredModule(_disk_stack(store, task))
+        _trainer(tmp_path, max_steps=3, **kwargs).fit(model, datamodule=task)
+        return KVStore.open(str(store / "rank-0")).rows, model, task
+
+    rows, model, task = fit(tmp_path / "with_val", num_sanity_val_steps=2, val_check_interval=1)
+    alone, _, _ = fit(tmp_path / "no_val", limit_val_batches=0, num_sanity_val_steps=0)
+    assert rows == alone > 0  # only the training steps appended
+    _trainer(tmp_path).validate(model, datamodule=task)
+    _trainer(tmp_path).test(model, datamodule=task)
+    _trainer(tmp_path).predict(model, datamodule=task)
+    assert KVStore.open(str(tmp_path / "with_val" / "rank-0")).rows == rows
+    model.controller.tiers[0].append_stages = ("test",)
+    _trainer(tmp_path).test(model, datamodule=task)
+    assert KVStore.open(str(tmp_path / "with_val" / "rank-0")).rows > rows
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, torch
+    from tiered.tiers import Disk
+    disk = Disk(sys.argv[1], 4, 3, rank=0)
+    for i in range(10):
+        disk.append(torch.full((2, 4), 1.0), torch.full((2, 3), float(i)))
+        if i == 4:
+            print("holding", flush=True)
+            sys.stdin.readline()  # the second writer tries now
+    print(disk.own.rows, flush=True)
+    """
+)
+INTRUDER = textwrap.dedent(
+    """
+    import sys, torch
+    from tiered.tiers import Disk
+    disk = Disk(sys.argv[1], 4, 3, rank=0)
+    disk.append(torch.full((2, 4), 2.0), torch.full((2, 3), -1.0))
+    print(disk.own.rows)
+    """
+)
+
+
+def test_a_second_writer_on_a_shard_fails_at_once_and_no_row_is_lost(tmp_path):
+    store = str(tmp_path / "disk")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, store], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "holding", holder.stderr.read()
+    intruder = subprocess.run(
+        [sys.executable, "-c", INTRUDER, store], capture_output=True, text=True, timeout=300
+    )
+    assert intruder.returncode != 0
+    message = intruder.stderr.strip().splitlines()[-1]
+    assert "StoreLockedError: Disk 'disk': shard" in message and "rank-0" in message
+    assert f"process {holder.pid} on host" in message
+    out, err = holder.communicate("go\n", timeout=300)
+    assert holder.returncode == 0, err
+    assert int(out) == 20
+    shard = KVStore.open(f"{store}/rank-0")
+    assert shard.rows == 20
+    assert (shard.read_values()[:, 0] == torch.arange(10).repeat_interleave(2).numpy()).all()
+    # the holder has exited, so its lock is gone: the next writer appends after its rows
+    again = subprocess.run(
+        [sys.executable, "-c", INTRUDER, store], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    assert int(again.stdout) == 22
+    assert (KVStore.open(f"{store}/rank-0").read_values()[20:] == -1).all()
+
+
+def test_close_hands_the_lock_to_the_next_writer_in_the_same_process(tmp_path):
+    first = Disk(str(tmp_path / "disk"), DK, DV, rank=0)
+    first.append(torch.ones(2, DK), torch.ones(2, DV))
+    second = Disk(str(tmp_path / "disk"), DK, DV, rank=0)
+    assert second.rows == 2
+    with pytest.raises(StoreError, match=f"already has a writer: .*process {os.getpid()}"):
+        second.append(torch.ones(1, DK), torch.zeros(1, DV))
+    first.close()
+    first_rows = KVStore.open(str(tmp_path / "disk" / "rank-0")).rows
+    second.append(torch.ones(1, DK), torch.zeros(1, DV))
+    assert first_rows == 2 and KVStore.open(str(tmp_path / "disk" / "rank-0")).rows == 3
