@@ -1,12 +1,13 @@
 """tiered: neural networks with a memory hierarchy.
 
 A controller composes a Register (its own recurrent state) with memory tiers (a small
-Cache, a large RAM, and later read-only ROM and persistent Disk tiers); every tier has its
-own size, access mechanism, clock (``period``) and rewrite penalty.
+Cache, a large RAM, a read-only ROM and a persistent Disk, the last two stored in zarr);
+every tier has its own size, access mechanism, clock (``period``) and rewrite penalty.
 
-Subpackages: ``tiered.tiers`` (Register, Cache, RAM), ``tiered.controllers``
-(LSTMController) and ``tiered.tasks`` (the algorithmic tasks). ``tiered.TieredModule``
-trains a controller with Lightning; ``tiered`` on the command line is its CLI.
+Subpackages: ``tiered.tiers`` (Register, Cache, RAM, ROM, Disk), ``tiered.controllers``
+(LSTMController), ``tiered.tasks`` (the algorithmic tasks) and ``tiered.sweeps`` (ablation
+sweeps). ``tiered.TieredModule`` trains a controller with Lightning; ``tiered`` on the
+command line is its CLI (``tiered --help`` lists the subcommands).
 """
 
 from pathlib import Path as _Path

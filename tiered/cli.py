@@ -3,7 +3,8 @@
     tiered fit --config experiments/tasks/copy.yaml --config experiments/stacks/cache_ram.yaml
     tiered test --config ... --ckpt_path runs/.../checkpoints/last.ckpt
 
-Subcommands fit, validate, test and predict come from Lightning. The model is a
+``tiered --help`` lists every subcommand (``COMMANDS``); fit, validate, test and predict
+come from Lightning. The model is a
 ``TieredModule`` (or a subclass) and the data any ``SequenceTask``, both in subclass mode,
 so YAML chooses them by ``class_path`` and short class names work. The task's input size,
 output size and loss kind are linked into the model, so a config never writes them twice.
@@ -42,6 +43,39 @@ def _rom(argv: list[str]) -> int:
 
 # name -> function taking the remaining arguments.
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {"sweep": _sweep, "rom": _rom}
+
+# Every subcommand with its one line for ``tiered --help``: Lightning's four, then ours.
+COMMANDS = {
+    "fit": "train a tier stack on a task: --config TASK.yaml --config STACK.yaml",
+    "validate": "evaluate a model on the task's training range of lengths",
+    "test": "evaluate a model on the task's evaluation range (generalisation)",
+    "predict": "write a model's predictions for the test split",
+    "sweep": "run, resume and report ablation sweeps, locally or on a Ray cluster",
+    "rom": "build and inspect key/value stores for the ROM and Disk tiers",
+}
+
+
+def top_level_help() -> str:
+    """What ``tiered --help`` prints: the tool, its version and every subcommand."""
+    from tiered import __version__
+
+    width = max(*map(len, COMMANDS), len("-h, --help"))
+    lines = [
+        f"usage: tiered [-h] [--version] {{{','.join(COMMANDS)}}} ...",
+        "",
+        f"tiered {__version__}: neural networks with a memory hierarchy (register, cache, RAM,",
+        "ROM and disk tiers), described in YAML and trained with Lightning.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {line}" for name, line in COMMANDS.items()),
+        "",
+        "options:",
+        f"  {'-h, --help':<{width}}  show this message and exit",
+        f"  {'--version':<{width}}  show the version and exit",
+        "",
+        "`tiered COMMAND --help` shows a command's options; docs/quickstart.md starts from here.",
+    ]
+    return "\n".join(lines)
 
 
 class TieredCLI(LightningCLI):
@@ -118,6 +152,14 @@ def make_cli(args: Sequence[str] | None, run: bool = True) -> TieredCLI:
 def main(argv: Sequence[str] | None = None) -> int | None:
     """Entry point of the ``tiered`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in ([], ["-h"], ["--help"]):
+        print(top_level_help(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    if args == ["--version"]:
+        from tiered import __version__
+
+        print(f"tiered {__version__}")
+        return 0
     tune_malloc()
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]](args[1:])

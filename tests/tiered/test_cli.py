@@ -106,3 +106,27 @@ def test_a_value_out_of_range_names_the_tier_argument(tmp_path, capsys):
         make_cli(["fit", "--config", str(path), *SMALL_COPY, "--trainer.logger", "false"])
     text = str(error.value) + capsys.readouterr().err
     assert "RAM: slots must be a positive integer (>= 1), got 0" in text
+
+
+def test_top_level_help_names_the_tool_its_version_and_every_subcommand():
+    result = subprocess.run(
+        [*tiered_command(), "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    import tiered
+    from tiered.cli import COMMANDS, EXTRA_COMMANDS
+
+    from lightning.pytorch.cli import LightningCLI
+
+    assert set(COMMANDS) == set(LightningCLI.subcommands()) | set(EXTRA_COMMANDS)
+    assert f"tiered {tiered.__version__}" in out and "Lightning Trainer" not in out
+    for name in ("fit", "validate", "test", "predict", *EXTRA_COMMANDS):
+        (line,) = [line for line in out.splitlines() if line.strip().startswith(name + " ")]
+        assert line.split(None, 1)[1] == COMMANDS[name]
+    version = subprocess.run(
+        [*tiered_command(), "--version"], capture_output=True, text=True, timeout=300
+    )
+    assert version.returncode == 0 and version.stdout.strip() == f"tiered {tiered.__version__}"
+    bare = subprocess.run(tiered_command(), capture_output=True, text=True, timeout=300)
+    assert bare.returncode == 2 and "commands:" in bare.stderr
