@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tiered.controllers.base import Controller
 from tiered.tier import Tier, TierStats
 from tiered.tiers.register import Register, RegisterState
-from tiered.validation import check_positive_int
+from tiered.validation import check_bool, check_positive_int
 
 
 class ControllerState(NamedTuple):
@@ -112,7 +112,8 @@ class LSTMController(Controller):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(
-                f"LSTMController: tier names must be unique, got {names} with "
+                f"LSTMController: tiers must have unique names (the register's included), "
+                f"got {names} with "
                 f"{duplicates} repeated; give each tier its own `name`"
             )
         self.register = register
@@ -122,6 +123,7 @@ class LSTMController(Controller):
         register.build(input_size + self.reads_size)
         S = register.hidden_size
         self.interface = nn.Linear(S, sum(self.interface_sizes)) if tiers else None
+        check_bool("LSTMController", "input_skip", input_skip)
         self.input_skip = (
             nn.Linear(input_size, sum(self.interface_sizes), bias=False)
             if tiers and input_skip

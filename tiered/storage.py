@@ -327,3 +327,11 @@ class KVStore:
             return None
         array = self.group["faiss_index"]
         return np.asarray(array[:], dtype=np.uint8), int(array.attrs.get("rows", -1))
+
+
+def open_store(owner: str, url: str, mode: str = "r") -> KVStore:
+    """``KVStore.open`` for ``owner`` (a tier or task): its errors name the owner too."""
+    try:
+        return KVStore.open(url, mode=mode)
+    except StoreError as error:
+        raise type(error)(f"{owner}: {error}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 
@@ -48,6 +49,22 @@ def check_unit_interval(owner: str, field: str, value: object) -> float:
     if value > 1.0:
         raise ValueError(f"{owner}: {field} must lie in [0, 1], got {value}")
     return value
+
+
+def check_bool(owner: str, field: str, value: object) -> bool:
+    """Return ``value`` if it is a bool (not merely truthy), else raise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {field} must be true or false, got {value!r}")
+    return value
+
+
+def check_store_url(owner: str, field: str, value: object) -> str:
+    """Return a store's folder path or fsspec URL as a string, else raise."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise TypeError(
+            f"{owner}: {field} must be a folder path or URL (a non-empty string), got {value!r}"
+        )
+    return str(value)
 
 
 def check_choice(owner: str, field: str, value: object, choices: Iterable[str]) -> str:

@@ -47,7 +47,7 @@ from tiered.storage import (
 from tiered.tier import STAGES, Tier, TierOutput, TierStats, head_slices, write_ticks
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
-from tiered.validation import check_positive_int
+from tiered.validation import check_positive_int, check_store_url
 
 
 class DiskState(NamedTuple):
@@ -99,7 +99,7 @@ class Disk(Tier):
         name: str | None = None,
     ) -> None:
         super().__init__(rewrite_penalty=rewrite_penalty, period=period, name=name)
-        self.store_url = str(store)
+        self.store_url = check_store_url("Disk", "store", store)
         self.key_width = check_positive_int("Disk", "key_width", key_width)
         self.value_width = check_positive_int("Disk", "value_width", value_width)
         self.k = check_positive_int("Disk", "k", k)

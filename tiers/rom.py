@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from tiered.knn import load_faiss, normalize_rows
-from tiered.storage import KVStore, StoreError
+from tiered.storage import KVStore, StoreError, open_store
 from tiered.tier import Tier, TierOutput, TierStats, head_slices
 from tiered.tiers.addressing import attend_rows, oneplus
-from tiered.validation import check_choice, check_positive_int
+from tiered.validation import check_bool, check_choice, check_positive_int, check_store_url
 
 # index="auto" uses FAISS from this many rows on (when FAISS is installed).
 ROM_FAISS_ROWS = 1 << 15
@@ -114,8 +114,8 @@ class ROM(Tier):
         self.index_kind = check_choice("ROM", "index", index, ("auto", "exact", "faiss"))
         self.nprobe = check_positive_int("ROM", "nprobe", nprobe)
         self.cache_rows = check_positive_int("ROM", "cache_rows", cache_rows)
-        self.store_url = str(store)
-        self.kv = KVStore.open(self.store_url, mode="r")
+        self.store_url = check_store_url("ROM", "store", store)
+        self.kv = open_store("ROM", self.store_url)
         if self.kv.rows < 1:
             raise StoreError(f"ROM: store {self.store_url!r} has no committed rows")
         self.rows, self.key_width, self.value_width = (
@@ -125,7 +125,7 @@ class ROM(Tier):
         )
         keys = torch.from_numpy(normalize_rows(torch.from_numpy(self.kv.read_keys())).numpy())
         self.register_buffer("unit_keys", keys, persistent=False)  # (N, Dk), not in checkpoints
-        self.values_in_memory = bool(values_in_memory)
+        self.values_in_memory = check_bool("ROM", "values_in_memory", values_in_memory)
         values = (
             torch.from_numpy(self.kv.read_values()) if self.values_in_memory else torch.zeros(0)
         )

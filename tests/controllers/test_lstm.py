@@ -142,9 +142,9 @@ def test_gradcheck_controller_steps_with_writes():
 
 
 def test_bad_compositions_are_rejected_with_clear_messages():
-    with pytest.raises(ValueError, match=r"tier names must be unique.*\['cache'\] repeated"):
+    with pytest.raises(ValueError, match=r"tiers must have unique names.*\['cache'\] repeated"):
         LSTMController(I, O, Register(8), [Cache(4, 4), Cache(8, 4)])
-    with pytest.raises(ValueError, match="tier names must be unique"):
+    with pytest.raises(ValueError, match="tiers must have unique names"):
         LSTMController(I, O, Register(8), [RAM(4, 4, name="register")])
     with pytest.raises(TypeError, match=r"tiers\[0\] must be a memory tier"):
         LSTMController(I, O, Register(8), [Register(4)])

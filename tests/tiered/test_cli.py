@@ -114,10 +114,10 @@ def test_top_level_help_names_the_tool_its_version_and_every_subcommand():
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    from lightning.pytorch.cli import LightningCLI
+
     import tiered
     from tiered.cli import COMMANDS, EXTRA_COMMANDS
-
-    from lightning.pytorch.cli import LightningCLI
 
     assert set(COMMANDS) == set(LightningCLI.subcommands()) | set(EXTRA_COMMANDS)
     assert f"tiered {tiered.__version__}" in out and "Lightning Trainer" not in out

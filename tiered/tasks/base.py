@@ -54,7 +54,12 @@ class Example(NamedTuple):
 
 def check_range(owner: str, field: str, value: Sequence[int], minimum: int = 1) -> tuple[int, int]:
     """Return ``(low, high)`` if ``minimum <= low <= high``, else raise naming the field."""
-    if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+    ):
         raise TypeError(f"{owner}: {field} must be two integers [low, high], got {value!r}")
     low, high = int(value[0]), int(value[1])
     if not minimum <= low <= high:

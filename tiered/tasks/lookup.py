@@ -16,9 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from tiered.storage import KVStore, StoreError
+from tiered.storage import KVStore, StoreError, open_store
 from tiered.tasks.base import Example, SequenceTask
-from tiered.validation import check_non_negative_float, check_positive_int
+from tiered.validation import (
+    check_non_negative_float,
+    check_positive_int,
+    check_store_url,
+)
 
 
 class KeyValueLookup(SequenceTask):
@@ -36,10 +40,10 @@ class KeyValueLookup(SequenceTask):
 
     def __init__(self, store: str, queries: int = 8, noise: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.store_url = str(store)
+        self.store_url = check_store_url("KeyValueLookup", "store", store)
         self.queries = check_positive_int("KeyValueLookup", "queries", queries)
         self.noise = check_non_negative_float("KeyValueLookup", "noise", noise)
-        probe = KVStore.open(self.store_url)  # fails early, naming the store, if it is missing
+        probe = open_store("KeyValueLookup", self.store_url)  # fails early if it is missing
         if probe.rows < 1:
             raise StoreError(f"KeyValueLookup: store {self.store_url!r} has no rows")
         self.rows, self.key_width, self.value_width = probe.rows, probe.key_width, probe.value_width
