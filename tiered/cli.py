@@ -104,7 +104,7 @@ class TieredCLI(LightningCLI):
         has_bar = any(isinstance(callback, ProgressBar) for callback in chosen)
         if wants_bar and not has_bar and importlib.util.find_spec("rich"):
             callbacks = [*callbacks, RichProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        return super()._instantiate_trainer(with_atomic_checkpoints(config), callbacks)
 
     def after_fit(self) -> None:
         if self.config.get("fit", {}).get("evaluate_after_fit"):
@@ -113,6 +113,23 @@ class TieredCLI(LightningCLI):
             ckpt = "best" if saved else None  # no checkpoint yet: the weights in memory
             self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def with_atomic_checkpoints(config: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer's arguments with ``AtomicCheckpointIO`` among its plugins, unless they
+    already hold a ``CheckpointIO`` (checkpoints then survive a kill mid-save)."""
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+    from tiered.checkpoint import AtomicCheckpointIO
+
+    plugins = config.get("plugins")
+    if plugins is None:
+        plugins = []
+    elif not isinstance(plugins, (list, tuple)):
+        plugins = [plugins]
+    if any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        return config
+    return {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
 
 
 def trainer_defaults() -> dict[str, Any]:
