@@ -14,8 +14,10 @@ Other subcommands (``tiered sweep``, ``tiered rom``) plug into ``EXTRA_COMMANDS`
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -166,6 +168,24 @@ def make_cli(args: Sequence[str] | None, run: bool = True) -> TieredCLI:
     )
 
 
+def config_syntax_error(args: Sequence[str]) -> str | None:
+    """One line naming the first ``--config`` file that is not valid YAML, else None."""
+    import yaml
+
+    from tiered.sweeps.spec import yaml_error_line
+
+    files = [b for a, b in itertools.pairwise(args) if a in ("--config", "-c")]
+    files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for name in files:
+        path = Path(name)
+        if path.is_file():
+            try:
+                yaml.safe_load(path.read_text())
+            except yaml.YAMLError as error:
+                return f"error: --config {name}: {yaml_error_line(error)}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int | None:
     """Entry point of the ``tiered`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -180,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     tune_malloc()
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]](args[1:])
+    syntax = config_syntax_error(args)
+    if syntax is not None:  # before jsonargparse, which names neither the file nor the line
+        print(syntax, file=sys.stderr)
+        return 2
     make_cli(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     return 0
 

@@ -130,3 +130,16 @@ def test_top_level_help_names_the_tool_its_version_and_every_subcommand():
     assert version.returncode == 0 and version.stdout.strip() == f"tiered {tiered.__version__}"
     bare = subprocess.run(tiered_command(), capture_output=True, text=True, timeout=300)
     assert bare.returncode == 2 and "commands:" in bare.stderr
+
+
+def test_a_config_file_with_a_yaml_syntax_error_is_named_with_its_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_steps: [1, 2\nmodel: {}\n")
+    result = subprocess.run(
+        [*tiered_command(), "fit", "--config", str(STACK), "--config", str(broken)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()  # one line, naming the file and the line
+    assert line.startswith(f"error: --config {broken}: YAML syntax error at line 3, column")
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == [broken]

@@ -87,8 +87,22 @@ def test_grid_expands_into_named_runs_with_configs_overrides_and_seeds(tmp_path)
     ],
 )
 def test_bad_sweep_files_name_the_field(tmp_path, content, message):
-    with pytest.raises(SweepError, match=message):
-        load_sweep(write_sweep(tmp_path, **content))
+    path = write_sweep(tmp_path, **content)
+    with pytest.raises(SweepError, match=f"^sweep {path}: .*{message}"):
+        load_sweep(path)
+
+
+def test_a_sweep_file_with_a_yaml_syntax_error_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("grid:\n  a: [1, 2\nseeds: [0]\n")
+    with pytest.raises(SweepError, match=f"^sweep {path}: YAML syntax error at line 3, column"):
+        load_sweep(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tiered.cli", "sweep", "run", str(path), "--dry-run"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith(f"error: sweep {path}: YAML syntax error at line 3")
 
 
 def test_local_sweep_records_failures_goes_on_reports_and_skips_finished_runs(tmp_path, capsys):

@@ -133,12 +133,32 @@ def _resolve(path_value: Any, sweep_dir: Path, field_name: str) -> Path:
     )
 
 
+def yaml_error_line(error: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: where it is and what is wrong."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"YAML syntax error{where}: {problem}"
+
+
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file; errors name the field, the value and what is valid."""
+    """Read and validate a sweep file; errors name the file, the field, the value and what
+    is valid (a YAML syntax error, its line and column)."""
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep: {str(path)!r} is not a file")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SweepError(f"sweep {path}: {yaml_error_line(error)}") from None
+    try:
+        return _parse_sweep(path, data)
+    except SweepError as error:
+        raise SweepError(str(error).replace("sweep:", f"sweep {path}:", 1)) from None
+
+
+def _parse_sweep(path: Path, data: Any) -> SweepSpec:
+    """Validate the parsed mapping of the sweep file at ``path``."""
     if not isinstance(data, dict):
         raise SweepError(
             f"sweep: {path} must be a mapping with keys {KEYS}, got {type(data).__name__}"
