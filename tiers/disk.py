@@ -181,6 +181,12 @@ class Disk(Tier):
             self.shards[self.own_index] = self.own = fresh
             self.caches[self.own_index] = ValueCache(fresh, self.cache_rows)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the writer lock behind: a copy takes its own to append."""
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        return state
+
     def close(self) -> None:
         """Give up the shard's writer lock (the next append takes it again)."""
         if self._lock is not None:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from copy import deepcopy
 
 import pytest
 import torch
@@ -290,6 +291,9 @@ def test_close_hands_the_lock_to_the_next_writer_in_the_same_process(tmp_path):
     assert second.rows == 2
     with pytest.raises(StoreError, match=f"already has a writer: .*process {os.getpid()}"):
         second.append(torch.ones(1, DK), torch.zeros(1, DV))
+    copy = deepcopy(first)  # a copy does not share the lock
+    with pytest.raises(StoreError, match="already has a writer"):
+        copy.append(torch.ones(1, DK), torch.zeros(1, DV))
     first.close()
     first_rows = KVStore.open(str(tmp_path / "disk" / "rank-0")).rows
     second.append(torch.ones(1, DK), torch.zeros(1, DV))
