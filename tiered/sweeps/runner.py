@@ -74,8 +74,11 @@ def fit_command(run: Run, run_dir: Path) -> list[str]:
         "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.dirpath", str(run_dir / "checkpoints"),
+        # Lightning (2.6) writes last.ckpt at a validation only when a top-k checkpoint was
+        # saved there, so keep one (the newest, no metric monitored): with save_top_k 0 a run
+        # wrote last.ckpt only when it finished, and an interrupted run restarted from step 0.
         "--trainer.callbacks.save_last", "true",
-        "--trainer.callbacks.save_top_k", "0",
+        "--trainer.callbacks.save_top_k", "1",
     ]  # fmt: skip
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
