@@ -80,8 +80,8 @@ class WriterLock:
 
     @classmethod
     def acquire(cls, url: str) -> WriterLock | None:
-        """Take the lock of the store at ``url`` now, or raise ``StoreLockedError`` naming
-        the store and the holder; None for stores behind a URL."""
+        """Take the lock of the store (or folder) at ``url`` now, or raise
+        ``StoreLockedError`` naming the holder and the lock file; None behind a URL."""
         if "://" in url:
             return None
         import fcntl
@@ -95,10 +95,7 @@ class WriterLock:
             file.seek(0)
             holder = file.read().strip() or "another writer"
             file.close()
-            raise StoreLockedError(
-                f"store {url!r} is being written by {holder} (lock {str(path)!r}); a store "
-                f"takes one writer at a time"
-            ) from None
+            raise StoreLockedError(f"{holder} holds the writer lock {str(path)!r}") from None
         file.seek(0)
         file.truncate()
         file.write(f"process {os.getpid()} on host {socket.gethostname()}")

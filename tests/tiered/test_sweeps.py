@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -238,3 +239,57 @@ def test_a_folder_made_by_another_sweep_is_not_reused(tmp_path, capsys):
     (run_dir / "status.json").write_text(json.dumps({"state": "finished", "args": ["--other"]}))
     assert sweep_main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "was made with other arguments" in capsys.readouterr().err
+
+
+def test_a_training_that_outlives_a_killed_sweep_is_not_started_twice(tmp_path):
+    # SIGKILL to `tiered sweep run` alone leaves its `tiered fit` child training (it has a
+    # session of its own); the run folder's lock, shared with the child, keeps a second
+    # sweep from starting the same run beside it until that training ends.
+    slow = [*TINY]
+    slow[slow.index("--trainer.max_steps") + 1] = "300"
+    slow[slow.index("--data.init_args.train_batches") + 1] = "300"
+    path = write_sweep(tmp_path, base=[str(STACKS / "register.yaml")], grid={}, seeds=[0],
+                       metric={"name": "val/task_loss", "mode": "min"}, args=slow)  # fmt: skip
+    out = tmp_path / "out"
+    script = Path(sys.executable).parent / "tiered"
+    sweep = subprocess.Popen(
+        [str(script), "sweep", "run", str(path), "--out", str(out), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    run_dir = out / "base,seed=0"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(run_dir.glob("logs/*/hparams.yaml")):
+        time.sleep(0.2)  # the training child has started
+    sweep.kill()
+    sweep.wait()
+    child_pid = read_status(run_dir)["state"] == "running" and _fit_pid(run_dir)
+    assert child_pid, "the training child should still be running"
+    assert sweep_main(["run", str(path), "--out", str(out), "--workers", "1"]) != 0
+    assert (run_dir / "log.txt").read_text().count("=== attempt") == 1  # not started again
+    os.kill(child_pid, signal.SIGTERM)
+    deadline = time.time() + 120
+    while time.time() < deadline and _alive(child_pid):
+        time.sleep(0.2)
+    assert sweep_main(["run", str(path), "--out", str(out), "--workers", "1"]) == 0
+    assert read_status(run_dir)["state"] == "finished"
+
+
+def _fit_pid(run_dir: Path) -> int | None:
+    """The process id of the `tiered fit` training in ``run_dir``, found in /proc."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"fit" in cmdline and str(run_dir).encode() in cmdline:
+                return int(proc.name)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from tiered.storage import StoreLockedError, WriterLock
 from tiered.sweeps.spec import Run, SweepSpec
 
 _children: set[subprocess.Popen] = set()
@@ -98,6 +99,24 @@ def run_one(run: Run, out_dir: str, metric: str, threads: int = 1) -> dict[str, 
         return status
     if _stopping.is_set():  # Ctrl-C arrived before this run started
         return {"state": "interrupted", "error": "not started: the sweep was stopped"}
+    # One training per run folder: the lock is shared with the child, so it holds while
+    # a training outlives a killed sweep process (the child has a session of its own).
+    try:
+        lock = WriterLock.acquire(str(run_dir / "run"))
+    except StoreLockedError as error:
+        busy = f"run {run.name!r} is still being trained: {error}"
+        return {"state": "interrupted", "error": f"not started: {busy}; wait for it or stop it"}
+    try:
+        return _run_locked(run, run_dir, status, metric, threads, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(
+    run: Run, run_dir: Path, status: dict, metric: str, threads: int, lock: WriterLock | None
+) -> dict[str, Any]:
+    """``run_one`` once the run folder's lock is held: train, then write the status."""
     attempts = int(status.get("attempts", 0)) + 1
     command = fit_command(run, run_dir)
     resumed = "--ckpt_path" in command
@@ -110,8 +129,9 @@ def run_one(run: Run, out_dir: str, metric: str, threads: int = 1) -> dict[str, 
         log.write(f"\n=== attempt {attempts}: {' '.join(command)}\n")
         log.flush()
         child = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            pass_fds=() if lock is None or lock.file is None else (lock.file.fileno(),),
+        )  # fmt: skip
         with _children_lock:
             _children.add(child)
         if _stopping.is_set():  # stopped between the check above and the start
