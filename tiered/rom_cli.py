@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import sys
@@ -60,6 +61,8 @@ def build(args: argparse.Namespace) -> int:
         raise StoreError(f"rom build: {keys.shape[0]} keys but {values.shape[0]} values")
     out = str(args.out)
     local = "://" not in out
+    if local:
+        recover_interrupted_builds(out)
     if not args.overwrite and _exists(out):
         raise StoreError(f"rom build: {out!r} exists; pass --overwrite to replace it")
     # Local stores are built beside the target and renamed into place when complete, so an
@@ -88,9 +91,14 @@ def build(args: argparse.Namespace) -> int:
             index = build_faiss_index(faiss, unit)
             store.save_index(faiss.serialize_index(index))
         if local:
+            # Move the old store aside, the new one in, then delete the old: a kill between
+            # the two renames leaves the old store whole under .old-<pid>, and the next
+            # build puts it back (recover_interrupted_builds).
+            old = f"{out}.old-{os.getpid()}"
             if Path(out).exists():
-                shutil.rmtree(out)
+                os.replace(out, old)
             os.replace(target, out)
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         if local:
             shutil.rmtree(target, ignore_errors=True)
@@ -98,6 +106,33 @@ def build(args: argparse.Namespace) -> int:
     print(f"built {out}: {total} rows in {time.perf_counter() - start:.1f} s")
     info(argparse.Namespace(store=out))
     return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def recover_interrupted_builds(out: str) -> None:
+    """Tidy what killed builds of ``out`` left beside it: remove their unfinished
+    ``.building-<pid>`` stores, and put back an ``.old-<pid>`` store that was moved aside
+    for ``--overwrite`` when no new store replaced it. Leaves the files of live builds."""
+    path = Path(out)
+    for kind in ("building", "old"):
+        for leftover in sorted(path.parent.glob(f"{glob.escape(path.name)}.{kind}-*")):
+            pid = leftover.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not path.exists():
+                os.replace(leftover, path)
+                print(f"rom build: restored {out} from an interrupted --overwrite", file=sys.stderr)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _exists(url: str) -> bool:

@@ -29,6 +29,7 @@ Named dimensions: B batch, R read heads, K neighbours, Dk key width, Dv value wi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -100,6 +101,11 @@ class Disk(Tier):
     ) -> None:
         super().__init__(rewrite_penalty=rewrite_penalty, period=period, name=name)
         self.store_url = check_store_url("Disk", "store", store)
+        if "://" not in self.store_url and Path(self.store_url).is_file():
+            raise ValueError(
+                f"Disk: store must be a folder (it holds one shard per rank), got a file: "
+                f"{self.store_url!r}"
+            )
         self.key_width = check_positive_int("Disk", "key_width", key_width)
         self.value_width = check_positive_int("Disk", "value_width", value_width)
         self.k = check_positive_int("Disk", "k", k)
@@ -204,8 +210,6 @@ class Disk(Tier):
                 else []
             )
         else:
-            from pathlib import Path
-
             folder = Path(self.store_url)
             names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
         names = sorted(n for n in names if n.startswith("rank-"))

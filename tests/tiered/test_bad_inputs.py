@@ -42,3 +42,11 @@ def test_missing_stores_and_non_bool_flags_name_their_owner(tmp_path):
     with pytest.raises(TypeError, match="ROM: values_in_memory must be true or false, got 2"):
         ROM(str(tmp_path / "kv"), values_in_memory=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kv"]  # nothing else written
+
+
+def test_a_disk_store_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("not a store")
+    with pytest.raises(ValueError, match=f"Disk: store must be a folder .* got a file: '{plain}'"):
+        Disk(str(plain), 4, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

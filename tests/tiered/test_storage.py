@@ -240,3 +240,32 @@ def test_the_zarr_requirement_admits_only_releases_that_write_atomically():
     (zarr,) = [Requirement(r) for r in requires("tiered") if Requirement(r).name == "zarr"]
     assert not zarr.specifier.contains(Version("3.1.2"))
     assert zarr.specifier.contains(Version("3.1.3"))
+
+
+def test_rom_build_tidies_what_killed_builds_left_and_restores_a_store_moved_aside(
+    tmp_path, capsys
+):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    keys = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    np.save(tmp_path / "k.npy", keys)
+    np.save(tmp_path / "v.npy", keys[:, :2])
+    out = tmp_path / "store"
+    # An --overwrite killed between its two renames: the old store aside, no new one yet.
+    old = KVStore.create(tmp_path / f"store.old-{dead.pid}", 3, 2)
+    old.append(np.ones((5, 3)), np.ones((5, 2)))
+    KVStore.create(tmp_path / f"store.building-{dead.pid}", 3, 2)  # a killed build's tail
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = tmp_path / f"store.building-{running.pid}"  # a build still running: kept
+    live.mkdir()
+    args = ["build", "--keys", str(tmp_path / "k.npy"), "--values", str(tmp_path / "v.npy"),
+            "--out", str(out), "--index", "none"]  # fmt: skip
+    assert rom_main(args) == 2  # the restored store exists: no --overwrite, no build
+    assert "restored" in capsys.readouterr().err and KVStore.open(out).rows == 5
+    assert not (tmp_path / f"store.building-{dead.pid}").exists()
+    assert rom_main([*args, "--overwrite"]) == 0
+    assert KVStore.open(out).rows == 40
+    running.kill()
+    running.wait()
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("store."))
+    assert leftovers == [live.name]
