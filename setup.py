@@ -6,7 +6,11 @@ or ``controllers`` lands in site-packages. Every package (a folder with ``__init
 the three source folders is found here, so a new subpackage needs no edit.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
 
 # Import name -> source folder, relative to this file.
 PACKAGE_DIR = {"tiered": "tiered", "tiered.tiers": "tiers", "tiered.controllers": "controllers"}
@@ -16,6 +20,9 @@ setup(
     packages=[
         name
         for package, folder in PACKAGE_DIR.items()
-        for name in (package, *(f"{package}.{sub}" for sub in find_packages(where=folder)))
+        for name in (
+            package,
+            *(f"{package}.{sub}" for sub in find_packages(where=str(HERE / folder))),
+        )
     ],
 )

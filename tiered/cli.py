@@ -124,6 +124,9 @@ def with_atomic_checkpoints(config: dict[str, Any]) -> dict[str, Any]:
 
     from tiered.checkpoint import AtomicCheckpointIO
 
+    strategy = config.get("strategy")
+    if getattr(strategy, "_checkpoint_io", None) is not None or "xla" in str(strategy).lower():
+        return config  # the strategy brings its own (Lightning refuses two)
     plugins = config.get("plugins")
     if plugins is None:
         plugins = []
@@ -183,6 +186,8 @@ def config_syntax_error(args: Sequence[str]) -> str | None:
                 yaml.safe_load(path.read_text())
             except yaml.YAMLError as error:
                 return f"error: --config {name}: {yaml_error_line(error)}"
+            except (OSError, UnicodeDecodeError):
+                continue  # unreadable: jsonargparse says so
     return None
 
 

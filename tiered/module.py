@@ -26,6 +26,7 @@ from tiered.metrics import BitErrorsPerSequence, SequenceExactMatch, TokenAccura
 from tiered.state import detach_state
 from tiered.tasks.base import LOSSES, SequenceBatch
 from tiered.tier import Tier
+from tiered.tiers.disk import Disk
 from tiered.validation import check_choice, check_non_negative_float, check_positive_int
 
 
@@ -206,6 +207,15 @@ class TieredModule(L.LightningModule):
         for module in self.controller.modules():
             if isinstance(module, Tier):
                 module.stage = value
+
+    def teardown(self, stage: str) -> None:
+        """After fit, validate, test or predict: tiers follow ``self.training`` again, and
+        every Disk gives up its writer lock (the next append takes it again)."""
+        for module in self.controller.modules():
+            if isinstance(module, Tier):
+                module.stage = None
+            if isinstance(module, Disk):
+                module.close()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._announce_stage()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -77,6 +78,7 @@ class WriterLock:
     def __init__(self, file: IO[str], path: Path) -> None:
         self.file: IO[str] | None = file
         self.path = path
+        self.pid = os.getpid()
 
     @classmethod
     def acquire(cls, url: str) -> WriterLock | None:
@@ -96,11 +98,25 @@ class WriterLock:
             holder = file.read().strip() or "another writer"
             file.close()
             raise StoreLockedError(f"{holder} holds the writer lock {str(path)!r}") from None
+        except OSError as error:  # a filesystem without flock (some NFS and FUSE mounts)
+            file.close()
+            warnings.warn(
+                f"no writer lock for {url!r}: {path.parent} does not support file locks "
+                f"({error}); one writer at a time is then yours to arrange",
+                stacklevel=2,
+            )
+            return None
         file.seek(0)
         file.truncate()
         file.write(f"process {os.getpid()} on host {socket.gethostname()}")
         file.flush()
         return cls(file, path)
+
+    @property
+    def held_here(self) -> bool:
+        """Whether this process took the lock (a forked child inherits the file, not the
+        right to write: it must take a lock of its own)."""
+        return self.file is not None and self.pid == os.getpid()
 
     def release(self) -> None:
         """Give the lock up (closing the file drops it)."""

@@ -48,7 +48,7 @@ from tiered.storage import (
 from tiered.tier import STAGES, Tier, TierOutput, TierStats, head_slices, write_ticks
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
-from tiered.validation import check_positive_int, check_store_url
+from tiered.validation import check_choice, check_positive_int, check_store_url
 
 
 class DiskState(NamedTuple):
@@ -114,14 +114,11 @@ class Disk(Tier):
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
             raise ValueError(f"Disk: rank must be a non-negative integer or None, got {rank!r}")
         self.fixed_rank = rank
-        if isinstance(append_stages, str) or not all(
-            isinstance(stage, str) and stage in STAGES for stage in append_stages
-        ):
-            raise ValueError(
-                f"Disk: append_stages must be a list of stages among {list(STAGES)}, got "
-                f"{append_stages!r}"
-            )
-        self.append_stages = tuple(append_stages)
+        if isinstance(append_stages, str) or not isinstance(append_stages, (list, tuple)):
+            raise TypeError(f"Disk: append_stages must be a list of stages, got {append_stages!r}")
+        self.append_stages = tuple(
+            check_choice("Disk", "append_stages", stage, STAGES) for stage in append_stages
+        )
         self._opened = False  # shards open lazily: the DDP rank is known only at run time
         self._lock: WriterLock | None = None  # taken by the first append
 
@@ -153,8 +150,10 @@ class Disk(Tier):
         for url in self._shard_urls():
             try:
                 shard = self.own if url == own else KVStore.open(url, mode="r")
-            except IncompleteStoreError:
-                continue  # another rank is creating it now: its rows show in the next run
+            except (IncompleteStoreError, StoreNotFoundError):
+                # another rank is creating it now (its folder may exist before its group
+                # does): its rows show in the next run
+                continue
             if (shard.key_width, shard.value_width) == (self.key_width, self.value_width):
                 self.shards.append(shard)
         self.caches = [ValueCache(shard, self.cache_rows) for shard in self.shards]
@@ -173,7 +172,7 @@ class Disk(Tier):
 
     def _take_lock(self, url: str) -> None:
         """Take our shard's writer lock, or raise naming the shard and its writer."""
-        if self._lock is not None:
+        if self._lock is not None and self._lock.held_here:
             return
         try:
             self._lock = WriterLock.acquire(url)

@@ -107,6 +107,9 @@ def run_one(run: Run, out_dir: str, metric: str, threads: int = 1) -> dict[str, 
         busy = f"run {run.name!r} is still being trained: {error}"
         return {"state": "interrupted", "error": f"not started: {busy}; wait for it or stop it"}
     try:
+        status = read_status(run_dir)  # again: another sweep may have finished it meanwhile
+        if status.get("state") == "finished":
+            return status
         return _run_locked(run, run_dir, status, metric, threads, lock)
     finally:
         if lock is not None:

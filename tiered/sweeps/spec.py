@@ -161,11 +161,11 @@ def _parse_sweep(path: Path, data: Any) -> SweepSpec:
     """Validate the parsed mapping of the sweep file at ``path``."""
     if not isinstance(data, dict):
         raise SweepError(
-            f"sweep: {path} must be a mapping with keys {KEYS}, got {type(data).__name__}"
+            f"sweep: the file must be a mapping with keys {KEYS}, got {type(data).__name__}"
         )
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
-        raise SweepError(f"sweep: unknown keys {unknown} in {path}; valid keys are {list(KEYS)}")
+        raise SweepError(f"sweep: unknown keys {unknown}; valid keys are {list(KEYS)}")
     folder = path.resolve().parent
     base = data.get("base") or []
     if not isinstance(base, list):
