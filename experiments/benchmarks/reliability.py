@@ -1148,7 +1148,8 @@ def _watch_overlap(
 
 def sweep_parent_trials(scratch: Path, trials: int, rng: random.Random, say: Any) -> list[Trial]:
     """SIGKILL only the ``tiered sweep run`` process; its training child (its own session)
-    lives on. Run the sweep again at once, to the end."""
+    lives on. Run the sweep again at once: it must not start a second training beside the
+    orphan (the run folder's lock). Once the orphan has ended, run it again, to the end."""
     sweep, (window, _) = sweep_calibrate(scratch)
     out: list[Trial] = []
     for t in range(trials):
@@ -1188,6 +1189,10 @@ def sweep_parent_trials(scratch: Path, trials: int, rng: random.Random, say: Any
                     os.kill(p, signal.SIGKILL)
         state = sweep_files_state(folder)
         status = state.get(f"{RUN_NAME}/status.json", {})
+        if status.get("state") != "finished":  # the orphan ended: now to the end
+            code, _ = SweepRun(sweep, folder).finish()
+            state = sweep_files_state(folder)
+            status = state.get(f"{RUN_NAME}/status.json", {})
         trial.opened = not state["errors"]
         trial.found = state["ckpt_step"] or 0
         trial.lost = max(0, trial.reported - trial.found)
@@ -1205,6 +1210,10 @@ def sweep_parent_trials(scratch: Path, trials: int, rng: random.Random, say: Any
         ]
         if overlapped:
             notes.append("the rerun started a second training of the same run while it ran")
+            problems.append("a second training ran beside the orphan")
+            trial.completed = "no: " + "; ".join(problems)
+        elif orphan_alive:
+            notes.append("the immediate rerun started no second training")
         if not orphan_done:
             notes.append("the orphan was still running 120 s after the rerun ended")
         notes.append(f"{versions} log versions")

@@ -234,6 +234,29 @@ def test_the_rewrite_penalty_is_averaged_over_real_steps_only():
     torch.testing.assert_close(loss, task + sum(penalties))
 
 
+def test_truncated_bptt_logs_the_same_real_step_penalty_as_one_pass():
+    # With a learning rate of 0 the weights stay put, so the windows of _tbptt_step, with
+    # the state carried between them, see what one pass over the padded batch sees.
+    batch, module = _padded_setup()
+    module.tbptt_steps, module.automatic_optimization = 4, False
+    module.optimizer_factory = lambda params: torch.optim.SGD(params, lr=0.0)
+    out = module.controller(batch.inputs)
+    real = batch.steps.double()
+    expected = {name: (aux.penalty * real).sum() / real.sum() for name, aux in out.aux.items()}
+
+    class OneBatch(L.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader([batch], batch_size=None)
+
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, OneBatch())
+    for name, value in expected.items():
+        logged = trainer.callback_metrics[f"train/penalty/{name}"]
+        torch.testing.assert_close(logged.double(), value.detach(), rtol=1e-5, atol=1e-7)
+
+
 def test_truncated_windows_share_out_the_whole_batch_penalty():
     batch, module = _padded_setup()
     out = module.controller(batch.inputs)
