@@ -48,7 +48,7 @@ from tiered.storage import (
 from tiered.tier import STAGES, Tier, TierOutput, TierStats, head_slices, write_ticks
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
-from tiered.validation import check_choice, check_positive_int, check_store_url
+from tiered.validation import check_positive_int, check_store_url
 
 
 class DiskState(NamedTuple):
@@ -114,11 +114,14 @@ class Disk(Tier):
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
             raise ValueError(f"Disk: rank must be a non-negative integer or None, got {rank!r}")
         self.fixed_rank = rank
-        if isinstance(append_stages, str) or not isinstance(append_stages, (list, tuple)):
-            raise TypeError(f"Disk: append_stages must be a list of stages, got {append_stages!r}")
-        self.append_stages = tuple(
-            check_choice("Disk", "append_stages", stage, STAGES) for stage in append_stages
-        )
+        if not isinstance(append_stages, (list, tuple)) or not all(
+            isinstance(stage, str) and stage in STAGES for stage in append_stages
+        ):
+            raise ValueError(
+                f"Disk: append_stages must be a list of stages among {list(STAGES)}, got "
+                f"{append_stages!r}"
+            )
+        self.append_stages = tuple(append_stages)
         self._opened = False  # shards open lazily: the DDP rank is known only at run time
         self._lock: WriterLock | None = None  # taken by the first append
 

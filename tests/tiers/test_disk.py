@@ -187,8 +187,12 @@ def test_appends_only_in_the_stages_it_names(tmp_path):
     tester.stage = "test"
     tester(interface, tester.initial_state(3))
     assert tester.rows == 3
-    with pytest.raises(ValueError, match=r"append_stages must be one of .*'predict', got 'eval'"):
+    with pytest.raises(ValueError, match=r"append_stages must be .*'predict'\], got \['eval'\]"):
         Disk(str(tmp_path / "x"), DK, DV, append_stages=["eval"])
+    with pytest.raises(ValueError, match=r"append_stages must be .*, got \[3\]"):
+        Disk(str(tmp_path / "x"), DK, DV, append_stages=[3])
+    with pytest.raises(ValueError, match=r"append_stages must be .*, got 'train'"):
+        Disk(str(tmp_path / "x"), DK, DV, append_stages="train")
 
 
 def _disk_stack(store, task) -> LSTMController:
