@@ -148,13 +148,13 @@ class TieredModule(L.LightningModule):
         """Log each tier's penalty (already a mean over real steps) and statistics, the
         rewrite averaged over real steps (B, T) like the penalty."""
         on_step = stage == "train"
-        B = next(iter(aux.values())).rewrite.shape[0]
-        weights = steps.to(penalties[next(iter(penalties))].dtype)
-        real = weights.sum().clamp_min(1)
+        B = steps.shape[0]
+        real = steps.sum().clamp_min(1)
         values = {}
         for name, record in aux.items():
+            rewrite = record.rewrite.detach()
             values[f"{stage}/penalty/{name}"] = penalties[name].detach()
-            values[f"{stage}/rewrite/{name}"] = (record.rewrite.detach() * weights).sum() / real
+            values[f"{stage}/rewrite/{name}"] = (rewrite * steps.to(rewrite.dtype)).sum() / real
             values[f"{stage}/reads/{name}"] = record.reads.mean()
             values[f"{stage}/writes/{name}"] = record.writes.mean()
             values[f"{stage}/slots_in_use/{name}"] = record.slots_in_use.mean()
@@ -242,6 +242,7 @@ class TieredModule(L.LightningModule):
         state, sums, counts, last, errors = None, [], [], None, 0.0
         penalty_totals: dict[str, Tensor] = {}
         T = batch.inputs.shape[1]
+        whole_steps = batch.steps.sum().clamp_min(1)  # the penalties' denominator
         for start in range(0, T, self.tbptt_steps):
             window = SequenceBatch(*(t[:, start : start + self.tbptt_steps] for t in batch))
             out = self.controller(window.inputs, state)
@@ -249,7 +250,6 @@ class TieredModule(L.LightningModule):
             # Each window's losses are its shares of the whole batch's means: the task loss
             # over the batch's scored elements, the penalties over its real steps.
             whole_count = scored_count(out.output, batch.mask, self.loss_kind).clamp_min(1)
-            whole_steps = batch.steps.sum().clamp_min(1)
             loss = total / whole_count + sum(penalty_sums.values()) / whole_steps
             optimizer.zero_grad()
             self.manual_backward(loss)
@@ -267,7 +267,6 @@ class TieredModule(L.LightningModule):
                 penalty_totals[name] = penalty_totals.get(name, 0.0) + value.detach()
             last = (out, window.steps)
         task_loss = torch.stack(sums).sum() / torch.stack(counts).sum().clamp_min(1)
-        whole_steps = batch.steps.sum().clamp_min(1)
         penalties = {name: value / whole_steps for name, value in penalty_totals.items()}
         out, steps = last  # type: ignore[misc]
         # Logged for the whole batch: the losses and penalties; for the last window: stats.

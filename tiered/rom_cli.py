@@ -63,7 +63,6 @@ def build(args: argparse.Namespace) -> int:
     local = "://" not in out
     if local:
         out = str(Path(out))  # no trailing slash: the temporary names sit beside the target
-    if local:
         recover_interrupted_builds(out)
     if not args.overwrite and _exists(out):
         raise StoreError(f"rom build: {out!r} exists; pass --overwrite to replace it")
