@@ -1,34 +1,24 @@
-"""The ``tiered`` command: a LightningCLI for tier stacks described in YAML.
+"""The ``tiered`` command: dispatch to a subcommand, importing only what it needs.
 
     tiered fit --config experiments/tasks/copy.yaml --config experiments/stacks/cache_ram.yaml
     tiered test --config ... --ckpt_path runs/.../checkpoints/last.ckpt
+    tiered tiers RAM        # a tier's arguments, types, defaults and docs
 
-``tiered --help`` lists every subcommand (``COMMANDS``); fit, validate, test and predict
-come from Lightning. The model is a
-``TieredModule`` (or a subclass) and the data any ``SequenceTask``, both in subclass mode,
-so YAML chooses them by ``class_path`` and short class names work. The task's input size,
-output size and loss kind are linked into the model, so a config never writes them twice.
-Other subcommands (``tiered sweep``, ``tiered rom``) plug into ``EXTRA_COMMANDS``.
+``tiered --help`` lists every subcommand (``COMMANDS``). fit, validate, test and predict are
+Lightning's, built in ``tiered.lightning_cli`` and imported only for them; the others
+(``EXTRA_COMMANDS``: sweep, rom, tiers) import neither Lightning nor, where they can, torch,
+so ``--help``, ``--version``, ``rom info`` and ``sweep run --dry-run`` start in well under 2 s.
+A config error ends in one line (``tiered.config_errors``) and exit status 2.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-import tiered.tasks
-import tiered.tiers  # noqa: F401  (registers the tier classes for short names)
 from tiered.malloc import tune_malloc
-from tiered.module import TieredModule
-from tiered.tasks.base import SequenceTask
-
-CONTROLLER = "model.init_args.controller.init_args"
 
 
 def _sweep(argv: list[str]) -> int:
@@ -43,8 +33,18 @@ def _rom(argv: list[str]) -> int:
     return rom_main(argv)
 
 
+def _tiers(argv: list[str]) -> int:
+    from tiered.describe import main as tiers_main
+
+    return tiers_main(argv)
+
+
 # name -> function taking the remaining arguments.
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {"sweep": _sweep, "rom": _rom}
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
+    "sweep": _sweep,
+    "rom": _rom,
+    "tiers": _tiers,
+}
 
 # Every subcommand with its one line for ``tiered --help``: Lightning's four, then ours.
 COMMANDS = {
@@ -54,6 +54,7 @@ COMMANDS = {
     "predict": "write a model's predictions for the test split",
     "sweep": "run, resume and report ablation sweeps, locally or on a Ray cluster",
     "rom": "build and inspect key/value stores for the ROM and Disk tiers",
+    "tiers": "list every tier and controller with its arguments, types, defaults and docs",
 }
 
 
@@ -80,106 +81,14 @@ def top_level_help() -> str:
     return "\n".join(lines)
 
 
-class TieredCLI(LightningCLI):
-    """LightningCLI with the task's sizes linked into the controller."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.input_size", f"{CONTROLLER}.input_size", apply_on="instantiate")
-        parser.link_arguments(
-            "data.output_size", f"{CONTROLLER}.output_size", apply_on="instantiate"
-        )
-        parser.link_arguments("data.loss", "model.init_args.loss", apply_on="instantiate")
-        parser.add_argument(
-            "--evaluate_after_fit",
-            type=bool,
-            default=False,
-            help="After fit, run validate (training range) and test (evaluation range) on "
-            "the checkpoint kept by the checkpoint callback and print their tables.",
-        )
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-        """Add a rich progress bar when rich is installed and no progress bar is chosen."""
-        from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-
-        chosen = list(callbacks) + list(config.get("callbacks") or [])
-        wants_bar = config.get("enable_progress_bar") is not False
-        has_bar = any(isinstance(callback, ProgressBar) for callback in chosen)
-        if wants_bar and not has_bar and importlib.util.find_spec("rich"):
-            callbacks = [*callbacks, RichProgressBar()]
-        return super()._instantiate_trainer(with_atomic_checkpoints(config), callbacks)
-
-    def after_fit(self) -> None:
-        if self.config.get("fit", {}).get("evaluate_after_fit"):
-            callback = self.trainer.checkpoint_callback
-            saved = callback is not None and bool(getattr(callback, "best_model_path", ""))
-            ckpt = "best" if saved else None  # no checkpoint yet: the weights in memory
-            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
-
-
-def with_atomic_checkpoints(config: dict[str, Any]) -> dict[str, Any]:
-    """The Trainer's arguments with ``AtomicCheckpointIO`` among its plugins, unless they
-    already hold a ``CheckpointIO`` (checkpoints then survive a kill mid-save)."""
-    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
-
-    from tiered.checkpoint import AtomicCheckpointIO
-
-    strategy = config.get("strategy")
-    if getattr(strategy, "_checkpoint_io", None) is not None or "xla" in str(strategy).lower():
-        return config  # the strategy brings its own (Lightning refuses two)
-    plugins = config.get("plugins")
-    if plugins is None:
-        plugins = []
-    elif not isinstance(plugins, (list, tuple)):
-        plugins = [plugins]
-    if any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-        return config
-    return {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
-
-
-def trainer_defaults() -> dict[str, Any]:
-    """CSV logs under runs/, or TensorBoard logs when tensorboard is installed."""
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        logger = {
-            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": "runs"},
-        }
-    else:
-        logger = {
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": "runs"},
-        }
-    return {"logger": logger}
-
-
-def make_cli(args: Sequence[str] | None, run: bool = True) -> TieredCLI:
-    """Build (and with ``run`` execute) the CLI on ``args``, as ``tiered`` does.
-
-    With ``run=False`` there are no subcommands: ``args`` are a config's flags only, and
-    the model, data and trainer are instantiated but nothing is trained.
-    """
-    return TieredCLI(
-        TieredModule,
-        SequenceTask,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-        args=None if args is None else list(args),
-        auto_configure_optimizers=False,
-        run=run,
-    )
-
-
 def config_syntax_error(args: Sequence[str]) -> str | None:
     """One line naming the first ``--config`` file that is not valid YAML, else None."""
     import yaml
 
+    from tiered.config_errors import config_files
     from tiered.sweeps.spec import yaml_error_line
 
-    files = [b for a, b in itertools.pairwise(args) if a in ("--config", "-c")]
-    files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    for name in files:
+    for name in config_files(args):
         path = Path(name)
         if path.is_file():
             try:
@@ -203,14 +112,40 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         print(f"tiered {__version__}")
         return 0
     tune_malloc()
-    if args and args[0] in EXTRA_COMMANDS:
+    if args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]](args[1:])
+    if args[0] not in COMMANDS and not args[0].startswith("-"):
+        from tiered.config_errors import nearest
+
+        print(f"error: unknown command {args[0]!r}{nearest(args[0], COMMANDS)}; "
+              f"`tiered --help` lists them", file=sys.stderr)  # fmt: skip
+        return 2
     syntax = config_syntax_error(args)
     if syntax is not None:  # before jsonargparse, which names neither the file nor the line
         print(syntax, file=sys.stderr)
         return 2
-    make_cli(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    from tiered.config_errors import ConfigError, locate, quiet_lightning
+
+    quiet_lightning()
+    from tiered.lightning_cli import make_cli
+
+    try:
+        make_cli(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    except ConfigError as error:
+        where = locate(error.token, args) if error.token else ""
+        command = args[0] if args and args[0] in COMMANDS else "fit"
+        print(f"{error}{where}\n(`tiered {command} --help` lists the options)", file=sys.stderr)
+        return 2
     return 0
+
+
+def __getattr__(name: str) -> Any:
+    """``tiered.cli.make_cli`` and the other Lightning parts, imported on first use."""
+    if name in ("TieredCLI", "make_cli", "trainer_defaults", "with_atomic_checkpoints"):
+        import tiered.lightning_cli
+
+        return getattr(tiered.lightning_cli, name)
+    raise AttributeError(f"module 'tiered.cli' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -12,40 +12,48 @@ from pathlib import Path
 
 import numpy as np
 
-from tiered.knn import load_faiss, normalize_rows
+from tiered.config_errors import OneLineArgumentParser
 from tiered.storage import DTYPES, ROM_CHUNK_ROWS, KVStore, StoreError
+
+KINDS = ".npy, .npz or .pt file or a zarr array"
 
 
 def load_array(path: str, name: str) -> np.ndarray:
     """A 2-D array from .npy, .npz (the array called ``name``, or the only one), .pt, or
-    a zarr array (a path or URL)."""
+    a zarr array (a path or URL). Every failure is a ``StoreError`` naming ``--<name>``."""
+    where = f"rom build: --{name} {path!r}"
+    if "://" not in path and not Path(path).exists():
+        raise StoreError(f"{where}: no such file or folder (expected a {KINDS})")
+    try:
+        array = _read_array(path, name, where)
+    except StoreError:
+        raise
+    except Exception as error:  # numpy, torch and zarr each raise their own kinds
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StoreError(f"{where}: cannot be read as a {KINDS}: {detail}") from error
+    if len(array.shape) != 2:
+        raise StoreError(f"{where}: must be 2-D (rows, width), got shape {tuple(array.shape)}")
+    return array  # type: ignore[return-value]
+
+
+def _read_array(path: str, name: str, where: str) -> np.ndarray:
     if path.endswith(".npy"):
-        array = np.load(path, mmap_mode="r")
-    elif path.endswith(".npz"):
+        return np.load(path, mmap_mode="r")
+    if path.endswith(".npz"):
         with np.load(path) as archive:
             names = list(archive.keys())
             if name in names:
-                array = archive[name]
-            elif len(names) == 1:
-                array = archive[names[0]]
-            else:
-                raise StoreError(f"rom build: {path} holds {names}; name one {name!r}")
-    elif path.endswith(".pt"):
+                return archive[name]
+            if len(names) == 1:
+                return archive[names[0]]
+            raise StoreError(f"{where}: holds arrays {names}; name one {name!r}")
+    if path.endswith(".pt"):
         import torch
 
-        array = torch.load(path, map_location="cpu", weights_only=True).numpy()
-    else:
-        import zarr
+        return torch.load(path, map_location="cpu", weights_only=True).numpy()
+    import zarr
 
-        try:
-            array = zarr.open_array(path, mode="r")
-        except Exception as error:
-            raise StoreError(
-                f"rom build: {path!r} is not a .npy, .npz, .pt file or a zarr array"
-            ) from error
-    if len(array.shape) != 2:
-        raise StoreError(f"rom build: {name} must be 2-D (rows, width), got shape {array.shape}")
-    return array  # type: ignore[return-value]
+    return zarr.open_array(path, mode="r")  # type: ignore[return-value]
 
 
 def _progress(done: int, total: int, start: float) -> None:
@@ -80,6 +88,8 @@ def build(args: argparse.Namespace) -> int:
             store.append(np.asarray(keys[begin:end]), np.asarray(values[begin:end]))
             _progress(end, total, start)
         print(file=sys.stderr)
+        from tiered.knn import load_faiss, normalize_rows
+
         faiss = load_faiss() if args.index != "none" else None
         if args.index == "faiss" or (args.index == "auto" and faiss is not None):
             if faiss is None:
@@ -162,15 +172,30 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tiered rom", description="Key/value stores for ROM.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineArgumentParser(
+        prog="tiered rom", description="Key/value stores for the ROM and Disk tiers."
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=OneLineArgumentParser
+    )
     b = commands.add_parser("build", help="write a store from key and value arrays")
     b.add_argument("--keys", required=True, help=".npy, .npz, .pt or a zarr array")
     b.add_argument("--values", required=True, help=".npy, .npz, .pt or a zarr array")
     b.add_argument("--out", required=True, help="store path or fsspec URL")
     b.add_argument("--dtype", choices=DTYPES, default="float32")
-    b.add_argument("--chunk-rows", type=int, default=ROM_CHUNK_ROWS)
+    b.add_argument("--chunk-rows", type=positive_int, default=ROM_CHUNK_ROWS)
     b.add_argument("--index", choices=("auto", "faiss", "none"), default="auto")
     b.add_argument("--overwrite", action="store_true")
     i = commands.add_parser("info", help="rows, widths, index and size of a store")
