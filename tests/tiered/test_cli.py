@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from tiered import TieredModule
-from tiered.cli import make_cli
+from tiered.cli import main, make_cli
+from tiered.config_errors import ConfigError, nearest, reduce_block
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "experiments" / "stacks" / "cache_ram.yaml"
@@ -54,7 +55,10 @@ def test_fit_end_to_end_through_the_console_script(tmp_path):
         assert key in metrics
     assert "test/bit_errors" in result.stdout  # the tables printed after fit
     assert "val/bit_errors" in result.stdout
-    (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
+    # The checkpoint callback's newest, and last.ckpt saved at the end of fit (same step).
+    names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert names == ["epoch=1-step=6.ckpt", "last.ckpt"], names
+    checkpoint = run / "checkpoints" / "last.ckpt"
     model = TieredModule.load_from_checkpoint(checkpoint)
     assert [t.name for t in model.controller.tiers] == ["cache", "ram"]
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
@@ -84,28 +88,98 @@ def _write(tmp_path: Path, tier: dict) -> Path:
 @pytest.mark.parametrize(
     ("tier", "expected"),
     [
-        ({"class_path": "Cache", "init_args": {"slots": 4, "width": 4, "slotz": 3}}, "slotz"),
+        ({"class_path": "Cache", "init_args": {"slots": 4, "width": 4, "slotz": 3}},
+         "Option 'slotz' is not accepted (did you mean 'slots'?)"),
         ({"class_path": "Cache", "init_args": {"slots": "many", "width": 4}}, "slots"),
         ({"class_path": "Cache", "init_args": {"slots": 4}}, "width"),
-        ({"class_path": "tiered.tiers.Nope", "init_args": {"slots": 4}}, "tiered.tiers.Nope"),
+        ({"class_path": "tiered.tiers.Nope", "init_args": {"slots": 4}},
+         "no class tiered.tiers.Nope"),
+        ({"class_path": "Cahce", "init_args": {"slots": 4, "width": 4}},
+         "no class named 'Cahce' (did you mean 'Cache'?)"),
+        ({"class_path": "tiered.tiers.Cahce", "init_args": {"slots": 4, "width": 4}},
+         "no class tiered.tiers.Cahce (did you mean 'Cache'?)"),
     ],
-    ids=["unknown-argument", "wrong-type", "missing-required", "nonexistent-class"],
-)
-def test_bad_configs_fail_with_an_error_naming_the_field(tier, expected, tmp_path, capsys):
+    ids=["unknown-argument", "wrong-type", "missing-required", "nonexistent-class",
+         "misspelled-short-class", "misspelled-class-path"],
+)  # fmt: skip
+def test_bad_configs_fail_in_one_line_naming_the_field(tier, expected, tmp_path, capsys):
     path = _write(tmp_path, tier)
-    with pytest.raises(SystemExit) as exit_info:
-        make_cli(["fit", "--config", str(path), *SMALL_COPY])
-    assert exit_info.value.code != 0
-    message = capsys.readouterr().err
-    assert expected in message, message[-2000:]
+    assert main(["fit", "--config", str(path), *SMALL_COPY]) == 2
+    captured = capsys.readouterr()
+    error, hint = captured.err.strip().splitlines()  # the error first, then one hint line
+    assert error.startswith("error: ") and expected in error, captured.err
+    assert hint == "(`tiered fit --help` lists the options)"
+    assert "usage:" not in captured.err and "Traceback" not in captured.err
+    assert "Given value" not in error and "Union" not in error  # jsonargparse's nesting gone
 
 
-def test_a_value_out_of_range_names_the_tier_argument(tmp_path, capsys):
+def test_a_misspelled_argument_names_the_config_file_and_line(tmp_path, capsys):
+    path = _write(tmp_path, {"class_path": "Cache", "init_args": {"slots": 4, "slotz": 3}})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "slotz" in text)
+    assert main(["fit", "--config", str(path), *SMALL_COPY]) == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert error.endswith(f"(in {path} line {line})"), error
+    assert "Cache accepts slots, width, read_heads" in error
+
+
+def test_an_unknown_command_line_flag_gets_the_nearest_flags(capsys):
+    assert main(["fit", "--config", str(STACK), *SMALL_COPY, "--trainer.max_stepz", "3"]) == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert error.startswith("error: unrecognized arguments: --trainer.max_stepz")
+    assert "did you mean '--trainer.max_steps'" in error
+    assert main(["fti", "--config", str(STACK)]) == 2
+    assert "unknown command 'fti' (did you mean 'fit'?)" in capsys.readouterr().err
+
+
+def test_a_value_out_of_range_is_one_line_without_a_traceback(tmp_path, capsys):
     path = _write(tmp_path, {"class_path": "RAM", "init_args": {"slots": 0, "width": 4}})
-    with pytest.raises((SystemExit, ValueError)) as error:
-        make_cli(["fit", "--config", str(path), *SMALL_COPY, "--trainer.logger", "false"])
-    text = str(error.value) + capsys.readouterr().err
-    assert "RAM: slots must be a positive integer (>= 1), got 0" in text
+    args = ["fit", "--config", str(path), *SMALL_COPY, "--trainer.logger", "false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "error: RAM: slots must be a positive integer (>= 1), got 0"
+    assert "Traceback" not in err and "Namespace" not in err
+    with pytest.raises(ConfigError, match="RAM: slots must be"):  # in Python: an exception
+        make_cli(args)
+
+
+def test_only_errors_raised_by_tiereds_own_checks_become_config_errors():
+    from tiered.lightning_cli import _raised_by_a_check
+    from tiered.validation import check_positive_int
+
+    def raise_here():
+        raise ValueError("a bug in a test helper")
+
+    errors = []
+    for call in (lambda: check_positive_int("RAM", "slots", 0), raise_here):
+        try:
+            call()
+        except ValueError as error:
+            errors.append(error)
+    assert [_raised_by_a_check(e) for e in errors] == [True, False]
+
+
+def test_nearest_and_reduce_block_on_a_nested_jsonargparse_message():
+    message = """Parser key "model":
+  Does not validate against any of the Union subtypes
+  Errors:
+    - Problem with given class_path 'tiered.TieredModule':
+        Parser key "controller":
+          Problem with given class_path 'tiered.controllers.LSTMController':
+            Parser key "tiers":
+              Errors:
+                - Problem with given class_path 'tiered.tiers.Cache':
+                    Option 'slotss' is not accepted
+                - Expected a <class 'NoneType'>
+              Given value: [{'class_path': 'tiered.tiers.Cache'}]
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'dict'>"""
+    reduced = reduce_block(message)
+    assert reduced.message == "Option 'slotss' is not accepted"
+    assert reduced.keys == ("model", "controller", "tiers")
+    assert reduced.classes[-1] == "tiered.tiers.Cache"
+    assert nearest("Cahce", ["Cache", "RAM", "ROM"]) == " (did you mean 'Cache'?)"
+    assert nearest("zzz", ["Cache", "RAM"]) == ""
+    assert nearest("cache", ["Cache"]) == " (did you mean 'Cache'?)"  # case is forgiven
 
 
 def test_top_level_help_names_the_tool_its_version_and_every_subcommand():
@@ -143,3 +217,36 @@ def test_a_config_file_with_a_yaml_syntax_error_is_named_with_its_line(tmp_path)
     (line,) = result.stderr.strip().splitlines()  # one line, naming the file and the line
     assert line.startswith(f"error: --config {broken}: YAML syntax error at line 3, column")
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == [broken]
+
+
+def test_a_run_shorter_than_val_check_interval_saves_last_and_says_what_it_evaluates(
+    tmp_path, capsys
+):
+    short = [a if a != "3" else "7" for a in SMALL_COPY]  # 7 training batches per epoch
+    args = ["fit", "--config", str(STACK), *short, "--trainer.max_steps", "2",
+            "--trainer.val_check_interval", "5", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir",
+            str(tmp_path), "--evaluate_after_fit", "true"]  # fmt: skip
+    assert main(args) == 0
+    (run,) = (tmp_path / "lightning_logs").iterdir()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2
+    out = capsys.readouterr().out
+    said = f"evaluate_after_fit: validating and testing {run / 'checkpoints' / 'last.ckpt'}"
+    assert said in out and "(saved at the end of fit, step 2)" in out
+
+
+def test_a_fit_prints_steps_out_of_max_steps_and_none_of_lightnings_noise(tmp_path):
+    result = subprocess.run(
+        [*tiered_command(), "fit", "--config", str(STACK), *SMALL_COPY,
+         "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    assert "train steps: 100%" in text and "4/4" in text and "train/loss=" in text
+    for noise in ("💡 Tip", "LeafSpec", "FLOPs", "Flops", "v_num", "Epoch 0/-",
+                  "Trainer already configured"):  # fmt: skip
+        assert noise not in text, noise
+    assert "trainable params" in text  # the model summary is still printed
