@@ -39,21 +39,28 @@ class ControllerState(NamedTuple):
 
 
 class TierAux(NamedTuple):
-    """One tier's per-step record over a sequence, each of shape (B, T).
+    """One tier's per-step record over a sequence, each of shape (B, T): its ``TierStats``
+    stacked over time (``tiered.tier.TierStats`` defines them), plus the penalty.
 
     Attributes:
         rewrite: content overwritten at each step (differentiable).
         penalty: ``rewrite_penalty * rewrite`` (differentiable).
-        reads: read heads served.
-        writes: write heads that wrote (0 off the tier's ticks).
-        slots_in_use: slots holding content (sum of usage for soft memories).
+        write_mass: total write weight (0 off the tier's ticks).
+        wrote: 1.0 where the tier wrote.
+        read_entropy: mean entropy of the read heads' weights, in nats.
+        slots_used: slots holding content.
+        value_reads: value rows read from a key/value store (ROM, Disk).
+        cache_hits: of those, served without a store read.
     """
 
     rewrite: Tensor
     penalty: Tensor
-    reads: Tensor
-    writes: Tensor
-    slots_in_use: Tensor
+    write_mass: Tensor
+    wrote: Tensor
+    read_entropy: Tensor
+    slots_used: Tensor
+    value_reads: Tensor
+    cache_hits: Tensor
 
 
 class ControllerOutput(NamedTuple):
@@ -240,11 +247,7 @@ def identity_into_queries(tiers: list[Tier] | nn.ModuleList, input_size: int) ->
 
 def _stack_stats(steps: list[TierStats], rewrite_penalty: float) -> TierAux:
     """Stack per-step (B,) statistics into (B, T) and add the penalty."""
-    rewrite = torch.stack([s.rewrite for s in steps], dim=1)
-    return TierAux(
-        rewrite=rewrite,
-        penalty=rewrite_penalty * rewrite,
-        reads=torch.stack([s.reads for s in steps], dim=1),
-        writes=torch.stack([s.writes for s in steps], dim=1),
-        slots_in_use=torch.stack([s.slots_in_use for s in steps], dim=1),
-    )
+    stacked = {
+        field: torch.stack([getattr(s, field) for s in steps], dim=1) for field in TierStats._fields
+    }
+    return TierAux(penalty=rewrite_penalty * stacked["rewrite"], **stacked)

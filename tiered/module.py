@@ -29,6 +29,10 @@ from tiered.tier import Tier
 from tiered.tiers.disk import Disk
 from tiered.validation import check_choice, check_non_negative_float, check_positive_int
 
+# The per-step tier statistics logged as ``{stage}/{field}/{tier}``, each averaged over real
+# steps (``TierStats`` defines them).
+TIER_METRICS = ("rewrite", "write_mass", "wrote", "read_entropy", "slots_used")
+
 
 def masked_loss_sum(logits: Tensor, targets: Tensor, mask: Tensor, loss: str) -> Tensor:
     """Sum of the per-element loss over scored positions.
@@ -145,19 +149,28 @@ class TieredModule(L.LightningModule):
     def _log_tiers(
         self, stage: str, aux: dict[str, Any], penalties: dict[str, Tensor], steps: Tensor
     ) -> None:
-        """Log each tier's penalty (already a mean over real steps) and statistics, the
-        rewrite averaged over real steps (B, T) like the penalty."""
+        """Log each tier's penalty (already a mean over real steps) and its statistics, each
+        averaged over the real steps (B, T) like the penalty; for tiers with a value cache,
+        the hit rate over the window's real steps (hits / value rows read, 0 when none)."""
         on_step = stage == "train"
         B = steps.shape[0]
         real = steps.sum().clamp_min(1)
+        caches = {
+            module.name
+            for module in self.controller.modules()
+            if isinstance(module, Tier) and module.has_value_cache
+        }
         values = {}
         for name, record in aux.items():
-            rewrite = record.rewrite.detach()
+            mask = steps.to(record.rewrite.dtype)  # (B, T), 1 on real steps
             values[f"{stage}/penalty/{name}"] = penalties[name].detach()
-            values[f"{stage}/rewrite/{name}"] = (rewrite * steps.to(rewrite.dtype)).sum() / real
-            values[f"{stage}/reads/{name}"] = record.reads.mean()
-            values[f"{stage}/writes/{name}"] = record.writes.mean()
-            values[f"{stage}/slots_in_use/{name}"] = record.slots_in_use.mean()
+            for field in TIER_METRICS:
+                per_step = getattr(record, field).detach()  # (B, T)
+                values[f"{stage}/{field}/{name}"] = (per_step * mask).sum() / real
+            if name in caches:
+                hits = (record.cache_hits.detach() * mask).sum()
+                reads = (record.value_reads.detach() * mask).sum()
+                values[f"{stage}/cache_hit_rate/{name}"] = hits / reads.clamp_min(1)
         self.log_dict(
             values, on_step=on_step, on_epoch=not on_step, batch_size=B, sync_dist=not on_step
         )

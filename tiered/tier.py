@@ -17,25 +17,110 @@ from torch import Tensor, nn
 
 from tiered.validation import check_name, check_non_negative_float, check_positive_int
 
+# A weight above this counts as an access: SAM's delta (Rae et al. 2016). The sparse RAM
+# records accesses with it, and ``wrote`` counts a write only when its mass exceeds it.
+ACCESS_THRESHOLD = 0.005
+
 
 class TierStats(NamedTuple):
     """Per-step statistics of one tier, each of shape (batch,).
 
+    Only ``rewrite`` carries gradient; the other fields are detached figures of how the tier
+    is used, cheap to compute (O(K) per read head in the sparse RAM, like its step).
+
     Attributes:
         rewrite: how much stored content this step overwrote; differentiable, so that
             ``rewrite_penalty * rewrite`` can be added to the loss.
-        reads: read heads served this step (detached).
-        writes: write heads that wrote this step, 0 on steps that are not ticks (detached).
-        slots_in_use: how much of the tier is in use (detached). RAM: the sum of DNC
-            usage, the expected number of allocated slots (a write enters it one step
-            later). Cache: the sum of its decaying recency, the number of recently accessed
-            slots. Register: its number of units.
+        write_mass: the total write weight this step, summed over write heads and slots;
+            0 off the tier's ticks. Cache and RAM: ``sum_h sum_n w^w_h[n]`` (the write gate
+            for one head whose weights sum to 1); Disk: 1 per appended row; Register: 1 on
+            ticks (its one state is rewritten whole); ROM: 0.
+        wrote: 1.0 where the tier wrote this step, else 0.0: a tick and a write mass above
+            ``ACCESS_THRESHOLD`` (0.005, SAM's delta), so a write gated shut (a sigmoid
+            gate never reaches exactly 0) does not count. Its mean over steps is the share
+            of steps that wrote.
+        read_entropy: the mean over read heads of the entropy, in nats, of the read weights
+            normalised to sum 1 (``read_entropy`` below): 0 for a one-hot read, log N for a
+            uniform read over N slots (at most log K for the sparse RAM, ROM and Disk, whose
+            weights lie over the K rows retrieved); 0 for a head that read nothing. The
+            Register reads its one state with weight 1: 0.
+        slots_used: how many slots hold content. Cache: ``sum_n f[n]`` with ``f`` the degree
+            to which each slot has ever been written (``mark_written``); dense RAM: the
+            DNC usage after this step's write, ``sum_n (u + w - u w)``, so a slot freed by
+            the free gates stops counting; sparse RAM: rows ever written; ROM and Disk: rows
+            stored (readable); Register: ``sum |h|`` over layers and units, the soft count
+            of active units (0 for the zero state, L * S when every unit saturates). The
+            soft counts equal the number of slots for one-hot writes.
+        value_reads: value rows this step read from a key/value store (ROM, Disk; rows the
+            kNN search did not find are not counted); 0 for tiers without a store.
+        cache_hits: how many of ``value_reads`` were served without a store read: from the
+            LRU value cache (held since an earlier step) or, with ``values_in_memory``,
+            from memory. The hit rate is ``cache_hits / value_reads``.
     """
 
     rewrite: Tensor
-    reads: Tensor
-    writes: Tensor
-    slots_in_use: Tensor
+    write_mass: Tensor
+    wrote: Tensor
+    read_entropy: Tensor
+    slots_used: Tensor
+    value_reads: Tensor
+    cache_hits: Tensor
+
+
+def read_entropy(weights: Tensor) -> Tensor:
+    """The mean over read heads of the entropy of each head's normalised read weights.
+
+    ``H_r = -sum_x p_r[x] log p_r[x]`` with ``p_r = w_r / sum_x w_r[x]`` (0 log 0 = 0), so a
+    one-hot read gives 0 and a uniform read over X slots log X; a head whose weights are
+    all 0 gives 0. Detached: no gradient flows through it.
+
+    Args:
+        weights: (B, R, X) non-negative read weights of R heads over X slots (or rows).
+
+    Returns:
+        (B,) the mean of H_r over the R heads, in nats.
+    """
+    w = weights.detach()
+    total = w.sum(dim=-1, keepdim=True)  # (B, R, 1)
+    p = w / torch.where(total > 0, total, torch.ones_like(total))  # (B, R, X)
+    return 0.0 - torch.xlogy(p, p).sum(dim=-1).mean(dim=-1)  # 0.0 - x: no -0.0
+
+
+def tier_stats(
+    rewrite: Tensor,
+    *,
+    write_mass: Tensor,
+    read_weights: Tensor,
+    slots_used: Tensor,
+    value_reads: Tensor | None = None,
+    cache_hits: Tensor | None = None,
+) -> TierStats:
+    """A step's ``TierStats``: everything but ``rewrite`` detached; ``wrote`` is
+    ``write_mass > ACCESS_THRESHOLD``.
+
+    Args:
+        rewrite: (B,) differentiable.
+        write_mass: (B,) total write weight this step (0 off ticks).
+        read_weights: (B, R, X) this step's read weights, for ``read_entropy``.
+        slots_used: (B,) slots holding content.
+        value_reads: (B,) value rows read from a store; None: 0 (no store).
+        cache_hits: (B,) of those, served without a store read; None: 0.
+
+    Returns:
+        The ``TierStats``, every field (B,) in ``rewrite``'s dtype.
+    """
+    dtype = rewrite.dtype
+    zero = torch.zeros_like(rewrite, dtype=dtype).detach()
+    mass = write_mass.detach().to(dtype)
+    return TierStats(
+        rewrite=rewrite,
+        write_mass=mass,
+        wrote=(mass > ACCESS_THRESHOLD).to(dtype),
+        read_entropy=read_entropy(read_weights).to(dtype),
+        slots_used=slots_used.detach().to(dtype),
+        value_reads=zero if value_reads is None else value_reads.detach().to(dtype),
+        cache_hits=zero if cache_hits is None else cache_hits.detach().to(dtype),
+    )
 
 
 class TierOutput(NamedTuple):
@@ -105,6 +190,9 @@ class Tier(nn.Module, abc.ABC):
         # The running stage, one of STAGES, set by the training module before each batch;
         # None outside Lightning, where ``current_stage`` follows ``self.training``.
         self.stage: str | None = None
+        # Whether the tier reads values through an LRU value cache (ROM, Disk), so that the
+        # training module logs its hit rate, ``cache_hits / value_reads`` of its stats.
+        self.has_value_cache = False
 
     @property
     def current_stage(self) -> str:

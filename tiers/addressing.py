@@ -119,9 +119,25 @@ def update_usage(
     Returns:
         (B, N) in [0, 1].
     """
-    written = 1.0 - torch.prod(1.0 - prev_write_weights, dim=1)  # (B, N)
-    usage = prev_usage + written - prev_usage * written
-    return usage * retention(prev_read_weights, free_gates)
+    return mark_written(prev_usage, prev_write_weights) * retention(prev_read_weights, free_gates)
+
+
+def mark_written(prev: Tensor, write_weights: Tensor) -> Tensor:
+    """f_t = f_{t-1} + w - f_{t-1} * w, with w = 1 - prod_h(1 - w^w_h).
+
+    The degree to which each slot has been written: a slot written with weight 1 gets 1,
+    weights in between accumulate like independent chances (the DNC's usage before its
+    retention).
+
+    Args:
+        prev: (B, N) in [0, 1].
+        write_weights: (B, H, N), this write's weights.
+
+    Returns:
+        (B, N) in [0, 1].
+    """
+    written = 1.0 - torch.prod(1.0 - write_weights, dim=1)  # (B, N)
+    return prev + written - prev * written
 
 
 def allocation_weights(usage: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tiered.tier import Tier, TierOutput, TierStats, blend, write_ticks
+from tiered.tier import Tier, TierOutput, blend, tier_stats, write_ticks
 from tiered.tiers import addressing
 from tiered.validation import check_non_negative_float, check_positive_int
 
@@ -29,12 +29,15 @@ class CacheState(NamedTuple):
     Attributes:
         memory: (B, N, W).
         usage: (B, N) in [0, 1], how recently each slot was read or written.
+        written: (B, N) in [0, 1], how much each slot has ever been written
+            (``addressing.mark_written``); it never decays. Its sum is ``slots_used``.
         read_weights: (B, R, N), the last read weights (kept for diagnostics).
         clock: (B,) steps taken, an integer tensor.
     """
 
     memory: Tensor
     usage: Tensor
+    written: Tensor
     read_weights: Tensor
     clock: Tensor
 
@@ -175,6 +178,7 @@ class Cache(Tier):
         return CacheState(
             memory=torch.zeros(B, self.slots, self.width, device=device, dtype=dtype),
             usage=torch.zeros(B, self.slots, device=device, dtype=dtype),
+            written=torch.zeros(B, self.slots, device=device, dtype=dtype),
             read_weights=torch.zeros(B, self.read_heads, self.slots, device=device, dtype=dtype),
             clock=torch.zeros(B, device=device, dtype=torch.long),
         )
@@ -207,14 +211,16 @@ class Cache(Tier):
         words = addressing.read_words(memory, read_weights)  # (B, R, W)
         usage = update_recency(state.usage, write_weights, read_weights, self.usage_decay)
 
+        written = addressing.mark_written(state.written, write_weights.detach())  # (B, N)
+
         B = interface.shape[0]
-        stats = TierStats(
-            rewrite=erased,
-            reads=interface.new_full((B,), float(self.read_heads)).detach(),
-            writes=tick.to(interface.dtype).detach(),
-            slots_in_use=usage.sum(dim=-1).detach(),
+        stats = tier_stats(
+            erased,
+            write_mass=write_weights.sum(dim=(1, 2)),  # g^w on ticks, 0 off them
+            read_weights=read_weights,
+            slots_used=written.sum(dim=-1),
         )
-        next_state = CacheState(memory, usage, read_weights, state.clock + 1)
+        next_state = CacheState(memory, usage, written, read_weights, state.clock + 1)
         return TierOutput(words.reshape(B, -1), next_state, stats)
 
     def extra_repr(self) -> str:

@@ -10,7 +10,8 @@ Shared memory, explicit rules:
       Per-sequence state is only the clock.
     - Appended rows are constants (the keys and values are detached): gradients reach the
       queries and strengths of reads, not what was written. Nothing is ever overwritten, so
-      ``rewrite`` is 0; ``writes`` counts rows appended.
+      ``rewrite`` is 0; ``write_mass`` counts rows appended (1 per batch element that
+      appended).
     - Stages: the Disk appends only in the stages named by ``append_stages``, by default
       only while training, so validation, test, predict and Lightning's sanity check read
       the Disk without leaving their sequences in it for later runs.
@@ -22,7 +23,8 @@ Shared memory, explicit rules:
       (``tiered.storage.WriterLock``, a file lock beside it) and holds it until ``close()``
       or the end of the process; a second writer fails at once, naming the holder.
     - Search is exact (matmul + top-k over all rows held in memory); keys are held in
-      memory, values are read through an LRU cache.
+      memory, values are read through an LRU cache per shard, whose hits each step's stats
+      count (``value_reads``, ``cache_hits``).
 
 Named dimensions: B batch, R read heads, K neighbours, Dk key width, Dv value width.
 """
@@ -45,7 +47,7 @@ from tiered.storage import (
     StoreNotFoundError,
     WriterLock,
 )
-from tiered.tier import STAGES, Tier, TierOutput, TierStats, head_slices, write_ticks
+from tiered.tier import STAGES, Tier, TierOutput, head_slices, tier_stats, write_ticks
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
 from tiered.validation import check_positive_int, check_store_url
@@ -123,6 +125,7 @@ class Disk(Tier):
             )
         self.append_stages = tuple(append_stages)
         self._opened = False  # shards open lazily: the DDP rank is known only at run time
+        self.has_value_cache = True
         self._lock: WriterLock | None = None  # taken by the first append
 
     # ------------------------------------------------------------------ shards
@@ -276,38 +279,50 @@ class Disk(Tier):
         queries = queries.reshape(B, R, Dk)
         if self.rows == 0:
             words = interface.new_zeros(B, R * Dv)
+            weights = interface.new_zeros(B, R, 1)  # nothing read
+            hit = torch.zeros(B, R, 0, dtype=torch.bool)
         else:
-            words = self._read(queries, oneplus(strengths)).reshape(B, -1)
-        zero = interface.new_zeros(B)
-        stats = TierStats(
-            rewrite=zero,
-            reads=interface.new_full((B,), float(R)),
-            writes=tick.to(interface.dtype),
-            slots_in_use=interface.new_full((B,), float(self.rows)),
+            words, weights, hit = self._read(queries, oneplus(strengths))
+            words = words.reshape(B, -1)
+        stats = tier_stats(
+            interface.new_zeros(B),
+            write_mass=tick.to(interface.dtype),  # one row of weight 1 per append
+            read_weights=weights,
+            slots_used=interface.new_full((B,), float(self.rows)),
+            value_reads=interface.new_full((B,), float(hit.shape[1] * hit.shape[2])),
+            cache_hits=hit.sum(dim=(1, 2)).to(interface.device),
         )
         return TierOutput(words, DiskState(state.clock + 1), stats)
 
-    def _read(self, queries: Tensor, strengths: Tensor) -> Tensor:
-        """(B, R, Dv) reads over the K most similar rows of every shard."""
+    def _read(self, queries: Tensor, strengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Reads over the K most similar rows of every shard: words (B, R, Dv), weights
+        (B, R, K), and which rows (B, R, K) the value caches served (on the CPU)."""
         K = min(self.k, self.rows)
         with torch.no_grad():
             unit = normalize_rows(queries.detach()).float().cpu().reshape(-1, self.key_width)
             top = torch.topk(unit @ self.keys.T, K, dim=-1).indices  # (B R, K)
-        keys = self.keys[top].to(queries).reshape(*queries.shape[:2], K, -1)  # constants
-        values = self._values(top).to(queries).reshape(*queries.shape[:2], K, -1)
-        missing = torch.zeros(values.shape[:-1], dtype=torch.bool, device=values.device)
-        return attend_rows(queries, strengths, keys, values, missing)[0]
+        shape = (*queries.shape[:2], K)  # (B, R, K)
+        keys = self.keys[top].to(queries).reshape(*shape, -1)  # constants
+        values, hit = self._values(top)
+        values = values.to(queries).reshape(*shape, -1)
+        missing = torch.zeros(shape, dtype=torch.bool, device=values.device)
+        words, weights = attend_rows(queries, strengths, keys, values, missing)
+        return words, weights, hit.reshape(shape)
 
-    def _values(self, rows: Tensor) -> Tensor:
-        """Values of global rows (any shape), fetched per shard through the caches."""
+    def _values(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Values (..., Dv) of global rows (any shape), fetched per shard through the
+        caches, and which rows (same shape as ``rows``) were cache hits."""
         flat = rows.reshape(-1)
         out = torch.empty(flat.shape[0], self.value_width)
+        hit = torch.zeros(flat.shape[0], dtype=torch.bool)
         owners = self.owner[flat]
         for index in owners.unique().tolist():
             mask = owners == index
             local = self.local_row[flat[mask]].numpy()
-            out[mask] = torch.from_numpy(self.caches[index].get(local))
-        return out.reshape(*rows.shape, self.value_width)
+            values, hits = self.caches[index].lookup(local)
+            out[mask] = torch.from_numpy(values)
+            hit[mask] = torch.from_numpy(hits)
+        return out.reshape(*rows.shape, self.value_width), hit.reshape(rows.shape)
 
     # ---- checkpoints record the store and its rows, not its contents
     def get_extra_state(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from tiered.knn import make_index, resolve_backend, set_faiss_threads
-from tiered.tier import Tier, TierOutput, TierStats, head_slices, write_ticks
+from tiered.tier import Tier, TierOutput, head_slices, tier_stats, write_ticks
 from tiered.tiers.ram_dense import RAMState, dense_step, ram_interface_size
 from tiered.tiers.ram_sparse import (
     SparseRAMState,
@@ -226,21 +226,18 @@ class RAM(Tier):
         tick = write_ticks(state.clock, self.period)  # (B,)
         if self.sparse:
             state.tape.check_newest(state.token, f"RAM '{self.name}'")  # type: ignore[union-attr]
-            words, next_state, erased, in_use = sparse_step(
+            words, next_state, erased, mass, in_use = sparse_step(
                 interface, state, width=self.width, read_heads=self.read_heads, k=self.k,
                 tick=tick,
             )  # type: ignore[arg-type]  # fmt: skip
         else:
-            words, next_state, erased, in_use = dense_step(
+            words, next_state, erased, mass, in_use = dense_step(
                 interface, state, width=self.width, read_heads=self.read_heads,
                 write_heads=self.write_heads, tick=tick,
             )  # type: ignore[arg-type]  # fmt: skip
-        B = interface.shape[0]
-        stats = TierStats(
-            rewrite=erased,
-            reads=interface.new_full((B,), float(self.read_heads)).detach(),
-            writes=(tick.to(interface.dtype) * self.write_heads).detach(),  # sparse: H = 1
-            slots_in_use=in_use.detach(),
+        # read weights: (B, R, N) dense, (B, R, K) sparse, so O(R K) per step there
+        stats = tier_stats(
+            erased, write_mass=mass, read_weights=next_state.read_weights, slots_used=in_use
         )
         return TierOutput(words, next_state, stats)
 

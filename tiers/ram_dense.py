@@ -134,7 +134,7 @@ def dense_step(
     read_heads: int,
     write_heads: int,
     tick: Tensor,
-) -> tuple[Tensor, RAMState, Tensor, Tensor]:
+) -> tuple[Tensor, RAMState, Tensor, Tensor, Tensor]:
     """One DNC step: write (on ticks), then read.
 
     Args:
@@ -143,7 +143,10 @@ def dense_step(
         tick: (B,) boolean, True where the RAM writes this step.
 
     Returns:
-        words (B, R * W), the next state, the erased content (B,) and the usage sum (B,).
+        words (B, R * W), the next state, the erased content (B,), the write mass
+        ``sum_h sum_n w^w_h[n]`` (B,) and the slots in use (B,): the usage after this
+        step's write, ``sum_n (u_t + w - u_t w)`` with w = 1 - prod_h(1 - w^w_h), which
+        the next step's usage starts from (detached).
     """
     p = parse_ram_interface(interface, width, read_heads, write_heads)
 
@@ -179,4 +182,7 @@ def dense_step(
         usage=usage,
         clock=state.clock + 1,
     )
-    return words.reshape(interface.shape[0], -1), next_state, erased, usage.sum(dim=-1)
+    weights = write_weights.detach()
+    in_use = addressing.mark_written(usage.detach(), weights).sum(dim=-1)  # (B,)
+    words = words.reshape(interface.shape[0], -1)
+    return words, next_state, erased, weights.sum(dim=(1, 2)), in_use

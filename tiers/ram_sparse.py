@@ -247,11 +247,13 @@ def mix_link_reads(
 
 def sparse_step(
     interface: Tensor, state: SparseRAMState, *, width: int, read_heads: int, k: int, tick: Tensor
-) -> tuple[Tensor, SparseRAMState, Tensor, Tensor]:
+) -> tuple[Tensor, SparseRAMState, Tensor, Tensor, Tensor]:
     """One step: write (on ticks), update the links, then read K rows per head.
 
     Returns:
-        words (B, R * W), the next state, the erased content (B,) and the rows in use (B,).
+        words (B, R * W), the next state, the erased content (B,), the write mass
+        ``sum_c w_c`` over the written rows (B,) (0 off ticks; detached) and the rows ever
+        written (B,).
     """
     tape: SparseTape = state.tape
     links = tape.links
@@ -304,4 +306,5 @@ def sparse_step(
         tape=tape,
     )
     tape.advance(token)
-    return words.reshape(B, -1), next_state, erased, tape.in_use.to(interface.dtype)
+    mass = weights.detach().sum(dim=1)  # (B,)
+    return words.reshape(B, -1), next_state, erased, mass, tape.in_use.to(interface.dtype)

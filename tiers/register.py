@@ -3,7 +3,9 @@
 Its interface is the controller's input at this step (the task input and the previous
 step's reads); its read is the top layer's hidden state. ``rewrite`` is how much the state
 changed: the squared norm of the change of the cell state (LSTM) or hidden state (GRU),
-summed over layers. Cost per step O(B L (I + S) S) for hidden size S, L layers, input I.
+summed over layers. Its statistics: write mass 1 on ticks, read entropy 0 (one state read
+whole), slots used ``sum |h|`` (the soft count of active units). Cost per step
+O(B L (I + S) S) for hidden size S, L layers, input I.
 
 Named dimensions: B batch, L layers, S hidden size, I input size.
 """
@@ -15,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from tiered.tier import Tier, TierOutput, TierStats, blend, write_ticks
+from tiered.tier import Tier, TierOutput, blend, tier_stats, write_ticks
 from tiered.validation import check_choice, check_positive_int
 
 CELLS = ("lstm", "gru")
@@ -148,11 +150,11 @@ class Register(Tier):
         rewrite = changed.pow(2).sum(dim=(1, 2))  # (B,)
 
         B = interface.shape[0]
-        stats = TierStats(
-            rewrite=rewrite,
-            reads=interface.new_ones(B).detach(),
-            writes=tick.to(interface.dtype).detach(),
-            slots_in_use=interface.new_full((B,), float(self.num_layers * self.hidden_size)),
+        stats = tier_stats(
+            rewrite,
+            write_mass=tick.to(interface.dtype),  # the one state, rewritten whole on ticks
+            read_weights=interface.new_ones(B, 1, 1),  # one head reads it with weight 1
+            slots_used=hidden.abs().sum(dim=(1, 2)),  # soft count of active units
         )
         next_state = RegisterState(hidden, cell_state, state.clock + 1)
         return TierOutput(hidden[:, -1], next_state, stats)

@@ -6,11 +6,12 @@ returns the K most similar keys (cosine), and the head reads
     w = softmax_k(beta * cos(q, key_k)),   r = sum_k w_k value_k   (then an optional projection)
 
 Keys live in memory (the index needs them); values are read from zarr through an LRU cache
-of ``cache_rows`` rows, or held in memory with ``values_in_memory``. Gradients reach the
-query, the strength and the projection, never the store: no code path writes a ROM store,
-which is opened read-only. Checkpoints record the store's URL, row count and widths, not
-its contents; loading a checkpoint whose store is missing, shorter or of another width fails
-with a message saying which.
+of ``cache_rows`` rows, or held in memory with ``values_in_memory``; each step's stats count
+the value rows read and how many the cache served (``value_reads``, ``cache_hits``).
+Gradients reach the query, the strength and the projection, never the store: no code path
+writes a ROM store, which is opened read-only. Checkpoints record the store's URL, row count
+and widths, not its contents; loading a checkpoint whose store is missing, shorter or of
+another width fails with a message saying which.
 
 Named dimensions: B batch, R read heads, K neighbours, Dk key width, Dv value width.
 """
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from tiered.knn import load_faiss, normalize_rows
 from tiered.storage import KVStore, StoreError, open_store
-from tiered.tier import Tier, TierOutput, TierStats, head_slices
+from tiered.tier import Tier, TierOutput, head_slices, tier_stats
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.validation import check_bool, check_choice, check_positive_int, check_store_url
 
@@ -41,7 +42,11 @@ class ROMState(NamedTuple):
 
 
 class ValueCache:
-    """LRU cache of value rows read from the store, with hit and miss counts."""
+    """LRU cache of value rows read from the store, with running hit and miss counts.
+
+    A row asked for is a hit when the cache held it before the call (an earlier step read
+    it), a miss otherwise: a row asked for twice in one call and not held counts twice.
+    """
 
     def __init__(self, store: KVStore, capacity: int) -> None:
         self.store, self.capacity = store, capacity
@@ -50,11 +55,16 @@ class ValueCache:
 
     def get(self, rows: np.ndarray) -> np.ndarray:
         """Values (n, Dv) of ``rows`` (n,), fetching the missing ones in one zarr read."""
+        return self.lookup(rows)[0]
+
+    def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values (n, Dv) of ``rows`` (any shape, n entries) and which were hits (n,) bool,
+        fetching the missing ones in one zarr read."""
         flat = rows.reshape(-1).tolist()
-        missing = sorted({r for r in flat if r not in self.rows})
-        misses = sum(1 for r in flat if r not in self.rows)
-        self.misses += misses
-        self.hits += len(flat) - misses
+        hit = np.fromiter((r in self.rows for r in flat), dtype=bool, count=len(flat))
+        missing = sorted({r for r, h in zip(flat, hit, strict=True) if not h})
+        self.hits += int(hit.sum())
+        self.misses += len(flat) - int(hit.sum())
         if missing:
             fetched = self.store.take_values(np.asarray(missing))
             self.rows.update(zip(missing, fetched, strict=True))
@@ -67,7 +77,7 @@ class ValueCache:
             self.rows.move_to_end(row)
         while len(self.rows) > self.capacity:
             self.rows.popitem(last=False)
-        return out
+        return out, hit
 
     @property
     def hit_rate(self) -> float:
@@ -131,6 +141,7 @@ class ROM(Tier):
         )
         self.register_buffer("all_values", values, persistent=False)
         self.cache = ValueCache(self.kv, self.cache_rows)
+        self.has_value_cache = not self.values_in_memory
         self.faiss_index = self._make_index()
         self.projection = (
             nn.Linear(self.value_width, check_positive_int("ROM", "read_width", read_width))
@@ -192,12 +203,14 @@ class ROM(Tier):
                 index = torch.from_numpy(labels).to(queries.device)  # -1: fewer than K
         return index.reshape(*queries.shape[:2], K)
 
-    def fetch_values(self, rows: Tensor) -> Tensor:
-        """Values (B, R, K, Dv) of ``rows`` (B, R, K), from memory or through the cache."""
+    def fetch_values(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Values (B, R, K, Dv) of ``rows`` (B, R, K), from memory or through the cache, and
+        which rows (B, R, K) were served without a store read (all of them from memory)."""
         if self.values_in_memory:
-            return self.all_values[rows]
-        values = self.cache.get(rows.cpu().numpy())
-        return torch.from_numpy(values).reshape(*rows.shape, self.value_width).to(rows.device)
+            return self.all_values[rows], torch.ones_like(rows, dtype=torch.bool)
+        values, hit = self.cache.lookup(rows.cpu().numpy())
+        values = torch.from_numpy(values).reshape(*rows.shape, self.value_width)
+        return values.to(rows.device), torch.from_numpy(hit).reshape(rows.shape).to(rows.device)
 
     def forward(self, interface: Tensor, state: ROMState) -> TierOutput:
         """Read: R heads, K keys each; nothing is written."""
@@ -208,16 +221,20 @@ class ROM(Tier):
         found = self.search(queries)  # (B, R, K), -1 where nothing was found
         rows = found.clamp_min(0)
         keys = self.unit_keys[rows].to(interface.dtype)  # (B, R, K, Dk), constants
-        values = self.fetch_values(rows).to(interface.dtype)  # (B, R, K, Dv), constants
-        read, _ = attend_rows(queries, oneplus(strengths), keys, values, found < 0)
+        values, hit = self.fetch_values(rows)  # (B, R, K, Dv) constants, (B, R, K)
+        read, weights = attend_rows(
+            queries, oneplus(strengths), keys, values.to(interface.dtype), found < 0
+        )
         if self.projection is not None:
             read = self.projection(read)
         zero = interface.new_zeros(B)
-        stats = TierStats(
-            rewrite=zero,
-            reads=interface.new_full((B,), float(R)),
-            writes=zero,
-            slots_in_use=interface.new_full((B,), float(self.rows)),
+        stats = tier_stats(
+            zero,
+            write_mass=zero,
+            read_weights=weights,
+            slots_used=interface.new_full((B,), float(self.rows)),
+            value_reads=(found >= 0).sum(dim=(1, 2)),
+            cache_hits=(hit & (found >= 0)).sum(dim=(1, 2)),
         )
         return TierOutput(read.reshape(B, -1), ROMState(state.clock + 1), stats)
 

@@ -19,9 +19,10 @@ from torch import Tensor
 
 from tiered.knn import KNNIndex
 from tiered.state import Opaque
+from tiered.tier import ACCESS_THRESHOLD
 from tiered.tiers.sparse_links import LinkTables, lazy_zeros
 
-DELTA = 0.005  # a weight above this counts as an access (SAM's delta)
+DELTA = ACCESS_THRESHOLD  # a weight above this counts as an access (SAM's delta)
 
 
 class UsageTracker:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_markdown  # noqa: E402
+from machine import machine_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "results"
@@ -56,6 +56,12 @@ def heavy_imports(script: str, args: list[str], cwd: Path) -> list[str]:
     )  # fmt: skip
     names = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     return [name for name in ("torch", "lightning") if name in names]
+
+
+def row_markdown(row: dict[str, str]) -> str:
+    cells = ("`" + row["command"] + "`", row["median_s"], row["max_s"], row["limit_s"],
+             row["imports"], row["within_limit"])  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -107,8 +113,7 @@ def main() -> None:
         "",
         header,
         "|---|---|---|---|---|---|",
-        *(f"| `{r['command']}` | {r['median_s']} | {r['max_s']} | {r['limit_s']} | "
-          f"{r['imports']} | {r['within_limit']} |" for r in rows),  # fmt: skip
+        *(row_markdown(r) for r in rows),
         "",
         "Machine:",
         "",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -48,9 +50,12 @@ def test_penalty_is_rewrite_times_the_tiers_lambda_and_stats_are_counted():
     cache = out.aux["cache"]
     torch.testing.assert_close(cache.penalty, 0.1 * cache.rewrite)
     assert cache.penalty.requires_grad
-    assert torch.equal(cache.reads, torch.full((B, T), 2.0, dtype=torch.float64))
-    assert torch.equal(cache.writes, torch.ones(B, T, dtype=torch.float64))
-    assert (cache.slots_in_use > 0).all()
+    for field in ("write_mass", "wrote", "read_entropy", "slots_used", "value_reads"):
+        assert getattr(cache, field).shape == (B, T) and not getattr(cache, field).requires_grad
+    assert ((cache.write_mass > 0) & (cache.write_mass <= 1)).all()  # a write every step
+    assert ((cache.read_entropy >= 0) & (cache.read_entropy <= math.log(6) + 1e-9)).all()
+    assert ((cache.slots_used > 0) & (cache.slots_used <= 6)).all()
+    assert (cache.slots_used.diff(dim=1) >= 0).all()  # a cache never frees a slot
     assert torch.equal(out.aux["register"].penalty, torch.zeros(B, T, dtype=torch.float64))
 
 
@@ -59,10 +64,11 @@ def test_a_tier_with_period_three_writes_on_steps_0_3_6_only():
         I, O, Register(8), [Cache(5, 4, name="fast"), RAM(7, 4, read_heads=1, period=3)]
     ).double()
     out = controller(torch.randn(B, 8, I, dtype=torch.float64))
-    ram_writes = out.aux["ram"].writes[0].tolist()
+    ram_writes = out.aux["ram"].write_mass[0].tolist()
     assert [t for t, w in enumerate(ram_writes) if w > 0] == [0, 3, 6]
     assert (out.aux["ram"].rewrite[:, [1, 2, 4, 5, 7]] == 0).all()
-    assert (out.aux["fast"].writes == 1).all()
+    assert (out.aux["ram"].wrote[:, [1, 2, 4, 5, 7]] == 0).all()
+    assert (out.aux["fast"].write_mass > 0).all()
 
 
 def test_continuing_from_the_returned_state_equals_one_long_run():

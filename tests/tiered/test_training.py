@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from tiered.controllers import LSTMController
 from tiered.tasks import AssociativeRecall, Copy, PrioritySort, RepeatCopy, ShortestPath
 from tiered.tasks.base import BatchIndexSampler, TaskBatches, pad_examples
 from tiered.tasks.copy import copy_example
-from tiered.tiers import RAM, Cache, Register
+from tiered.tiers import RAM, ROM, Cache, Disk, Register
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "experiments" / "stacks" / "cache_ram.yaml"
@@ -40,8 +41,10 @@ def _fit(tmp_path: Path, name: str, max_epochs: int, ckpt: Path | None = None) -
     if ckpt is not None:
         args += ["--ckpt_path", str(ckpt)]
     make_cli(args)
-    (checkpoint,) = sorted((tmp_path / name / "checkpoints").glob("*.ckpt"))
-    return checkpoint
+    # The epoch-end checkpoint, and last.ckpt (FinalCheckpoint): the one resumed from below.
+    names = sorted(p.name for p in (tmp_path / name / "checkpoints").glob("*.ckpt"))
+    assert names == [f"epoch={max_epochs - 1}-step={3 * max_epochs}.ckpt", "last.ckpt"], names
+    return tmp_path / name / "checkpoints" / "last.ckpt"
 
 
 def test_stopped_and_resumed_run_ends_with_the_same_weights(tmp_path):
@@ -138,9 +141,11 @@ def test_ddp_on_two_cpu_processes_trains_cache_and_ram(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
-    (checkpoint,) = (tmp_path / "runs").rglob("*.ckpt")
-    saved = torch.load(checkpoint, weights_only=False)
-    assert saved["global_step"] == 2  # 4 batches shared by 2 ranks
+    checkpoints = sorted((tmp_path / "runs").rglob("*.ckpt"))
+    assert [p.name for p in checkpoints] == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    for checkpoint in checkpoints:  # both written once, by rank 0, whole
+        saved = torch.load(checkpoint, weights_only=False)
+        assert saved["global_step"] == 2  # 4 batches shared by 2 ranks
 
 
 def test_evaluation_sampler_pads_so_every_rank_gets_a_batch():
@@ -270,3 +275,88 @@ def test_truncated_windows_share_out_the_whole_batch_penalty():
         _, _, sums = module._losses(window_out, window)
         shares.append(sum(sums.values()) / batch.steps.sum())
     torch.testing.assert_close(sum(shares), whole)
+
+
+FIELDS = ("rewrite", "write_mass", "wrote", "read_entropy", "slots_used")
+
+
+def _usage_stack(tmp_path: Path, input_size: int, output_size: int) -> LSTMController:
+    """Every kind of tier: Register, Cache, dense and sparse RAM, a 40-row ROM, a Disk."""
+    from tiered.storage import KVStore
+
+    rng = np.random.default_rng(0)
+    KVStore.create(tmp_path / "rom", 5, 3).append(
+        rng.standard_normal((40, 5)).astype(np.float32),
+        rng.standard_normal((40, 3)).astype(np.float32),
+    )
+    tiers = [
+        Cache(5, 4),
+        RAM(7, 4, read_heads=2, sparse=False),
+        RAM(1100, 4, read_heads=2, k=3, name="sparse"),
+        ROM(str(tmp_path / "rom"), k=3),
+        Disk(str(tmp_path / "disk"), 4, 3, k=2, period=2),
+    ]
+    return LSTMController(input_size, output_size, Register(6), tiers)
+
+
+def test_training_logs_how_each_tier_is_used_and_no_head_counts(tmp_path):
+    torch.manual_seed(0)
+    task = Copy(batch_size=3, lengths=(1, 3), train_batches=3, val_batches=1)
+    controller = _usage_stack(tmp_path, task.input_size, task.output_size)
+    assert controller.tiers[2].sparse
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        log_every_n_steps=1)  # fmt: skip
+    trainer.fit(TieredModule(controller), task)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    old = [k for k in logged if any(f"/{n}/" in k for n in ("reads", "writes", "slots_in_use"))]
+    assert old == []
+    # the largest read entropy: log of the slots read over (N dense, K sparse), and capacity
+    read_over = {"register": 1, "cache": 5, "ram": 7, "sparse": 3, "rom": 3, "disk": 2}
+    capacity = {"register": 6, "cache": 5, "ram": 7, "sparse": 1100, "rom": 40, "disk": 1e9}
+    for stage in ("train", "val"):
+        for name in read_over:
+            for field in FIELDS:
+                assert f"{stage}/{field}/{name}" in logged, (stage, field, name)
+            assert 0 <= logged[f"{stage}/wrote/{name}"] <= 1
+            assert 0 <= logged[f"{stage}/write_mass/{name}"] <= 1  # one write head each
+            entropy = logged[f"{stage}/read_entropy/{name}"]
+            assert 0 <= entropy <= math.log(read_over[name]) + 1e-6, (stage, name, entropy)
+            assert 0 <= logged[f"{stage}/slots_used/{name}"] <= capacity[name]
+        rates = {k for k in logged if k.startswith(f"{stage}/cache_hit_rate/")}
+        assert rates == {f"{stage}/cache_hit_rate/rom", f"{stage}/cache_hit_rate/disk"}
+        assert all(0 <= logged[k] <= 1 for k in rates)
+        assert logged[f"{stage}/wrote/register"] == logged[f"{stage}/write_mass/register"] == 1
+        assert logged[f"{stage}/read_entropy/register"] == 0
+        assert logged[f"{stage}/write_mass/rom"] == 0 and logged[f"{stage}/slots_used/rom"] == 40
+        assert logged[f"{stage}/slots_used/sparse"] >= 1
+    assert 0 < logged["train/wrote/disk"] < 1  # a tick every 2nd step, appends in training
+    assert logged["val/wrote/disk"] == 0  # validation reads the Disk without appending
+    assert logged["train/cache_hit_rate/rom"] > 0  # 40 rows: later steps find rows held
+
+
+def test_tier_statistics_are_logged_as_means_over_real_steps(tmp_path, monkeypatch):
+    batch, _ = _padded_setup()
+    controller = _usage_stack(tmp_path, batch.inputs.shape[-1], batch.targets.shape[-1])
+    module = TieredModule(controller).double()
+    out = module.controller(batch.inputs)
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(module, "log_dict", lambda values, **kwargs: logged.update(values))
+    penalties = {name: torch.zeros(()) for name in out.aux}
+    module._log_tiers("val", out.aux, penalties, batch.steps)
+    real = batch.steps.double()  # (B, T): 11, 3 and 7 real steps of 11
+    assert (real == 0).any()
+    for name, aux in out.aux.items():
+        for field in FIELDS:
+            expected = (getattr(aux, field) * real).sum() / real.sum()
+            torch.testing.assert_close(logged[f"val/{field}/{name}"], expected.detach())
+    # padding steps do read and write, so a plain mean would differ: they must not count
+    for name in ("register", "cache", "sparse"):
+        plain = out.aux[name].slots_used.mean()
+        assert not torch.isclose(logged[f"val/slots_used/{name}"], plain), name
+    for name in ("rom", "disk"):
+        aux = out.aux[name]
+        rate = (aux.cache_hits * real).sum() / (aux.value_reads * real).sum()
+        torch.testing.assert_close(logged[f"val/cache_hit_rate/{name}"], rate)
+    assert not any("cache_hit_rate" in k and k.split("/")[-1] not in ("rom", "disk")
+                   for k in logged)  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -54,7 +56,7 @@ def test_written_vector_is_read_back_by_content():
     state = cache.initial_state(B, dtype=torch.float64)
     read, state, stats = cache(build_interface(cache, B, read_key=v, add=v), state)
     torch.testing.assert_close(read, v, atol=1e-4, rtol=1e-4)
-    assert stats.writes.tolist() == [1.0] * B
+    assert stats.wrote.tolist() == [1.0] * B
 
 
 def test_allocation_overwrites_the_least_recently_used_slot():
@@ -91,13 +93,13 @@ def test_period_two_writes_on_even_steps_only():
     for _ in range(5):
         previous = state.memory
         _, state, stats = cache(torch.randn(B, cache.interface_size, dtype=torch.float64), state)
-        writes.append(stats.writes[0].item())
+        writes.append(stats.wrote[0].item())
         changed.append(not torch.equal(state.memory, previous))
     assert writes == [1, 0, 1, 0, 1]
     assert changed == [True, False, True, False, True]
 
 
-def test_zero_interface_gives_finite_reads_and_gradients():
+def test_zero_interface_gives_finite_reads_gradients_and_stats():
     cache = Cache(N, W, R).double()
     interface = torch.zeros(B, cache.interface_size, dtype=torch.float64, requires_grad=True)
     state = cache.initial_state(B, dtype=torch.float64)
@@ -105,8 +107,72 @@ def test_zero_interface_gives_finite_reads_and_gradients():
     for _ in range(3):
         read, state, stats = cache(interface, state)
         total = total + read.sum() + stats.rewrite.sum()
+        assert all(torch.isfinite(field).all() for field in stats)
     total.backward()
     assert torch.isfinite(interface.grad).all()
+
+
+def test_a_one_hot_write_and_read_give_write_mass_one_and_read_entropy_zero():
+    cache = Cache(N, W, read_heads=R).double()
+    v = torch.randn(B, W, dtype=torch.float64)
+    state = cache.initial_state(B, dtype=torch.float64)
+    # the write is one-hot on the least used slot; every head reads v back, one-hot
+    _, state, stats = cache(build_interface(cache, B, read_key=v, add=v), state)
+    ones = torch.ones(B, dtype=torch.float64)
+    torch.testing.assert_close(stats.write_mass, ones, atol=1e-9, rtol=0)
+    assert torch.equal(stats.wrote, ones)
+    torch.testing.assert_close(stats.read_entropy, 0 * ones, atol=1e-9, rtol=0)
+    torch.testing.assert_close(stats.slots_used, ones, atol=1e-9, rtol=0)
+    assert stats.value_reads.abs().max() == 0 and stats.cache_hits.abs().max() == 0
+    assert not any(field.requires_grad for field in stats[1:])
+
+
+def test_a_zero_key_reads_uniformly_with_entropy_log_n():
+    cache = Cache(N, W, read_heads=R).double()
+    state = cache.initial_state(B, dtype=torch.float64)
+    # a zero read key is equally similar (0) to every slot: uniform over N
+    _, _, stats = cache(
+        build_interface(cache, B, add=torch.randn(B, W, dtype=torch.float64)), state
+    )
+    expected = torch.full((B,), math.log(N), dtype=torch.float64)
+    torch.testing.assert_close(stats.read_entropy, expected, atol=1e-12, rtol=0)
+
+
+def test_a_write_gated_shut_is_not_counted_as_a_write():
+    cache = Cache(N, W, read_heads=R).double()
+    state = cache.initial_state(B, dtype=torch.float64)
+    _, state, stats = cache(
+        build_interface(cache, B, add=torch.randn(B, W, dtype=torch.float64), write=-BIG), state
+    )
+    assert (stats.write_mass > 0).all() and (stats.write_mass < 1e-12).all()
+    assert stats.wrote.abs().max() == 0 and (stats.slots_used < 1e-12).all()
+
+
+def test_slots_used_counts_each_slot_written_once():
+    cache = Cache(4, W, read_heads=1, usage_decay=0.5).double()
+    state = cache.initial_state(1, dtype=torch.float64)
+    vectors = torch.eye(W, dtype=torch.float64)[:4].unsqueeze(1)  # (4, 1, W)
+    used = []
+    for v in [*vectors[:3], vectors[0], vectors[0]]:  # 3 slots, then the LRU slot again
+        _, state, stats = cache(build_interface(cache, 1, add=v), state)
+        used.append(stats.slots_used.item())
+    torch.testing.assert_close(torch.tensor(used), torch.tensor([1.0, 2, 3, 4, 4]),
+                               atol=1e-9, rtol=0)  # fmt: skip
+
+
+def test_off_tick_steps_have_zero_write_mass_and_did_not_write():
+    cache = Cache(N, W, read_heads=R, period=2).double()
+    state = cache.initial_state(B, dtype=torch.float64)
+    masses, wrote = [], []
+    for _ in range(4):
+        _, state, stats = cache(torch.randn(B, cache.interface_size, dtype=torch.float64), state)
+        masses.append(stats.write_mass)
+        wrote.append(stats.wrote)
+    assert (masses[0] > 0).all() and (masses[2] > 0).all()
+    assert masses[1].abs().max() == 0 and masses[3].abs().max() == 0
+    assert wrote[1].abs().max() == 0 and wrote[3].abs().max() == 0
+    # a write weight sums to the write gate, at most 1
+    assert (masses[0] <= 1).all()
 
 
 def test_gradcheck_two_steps_from_a_random_state():
@@ -115,6 +181,7 @@ def test_gradcheck_two_steps_from_a_random_state():
     state = CacheState(
         memory=torch.randn(B, N, W, dtype=torch.float64),
         usage=usage,
+        written=torch.ones(B, N, dtype=torch.float64),
         read_weights=torch.zeros(B, 2, N, dtype=torch.float64),
         clock=torch.zeros(B, dtype=torch.long),
     )

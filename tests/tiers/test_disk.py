@@ -34,10 +34,32 @@ def test_appends_on_ticks_and_reads_back_by_key(tmp_path):
     writes = []
     for _ in range(4):  # ticks at steps 0 and 2: 6 rows
         read, state, stats = disk(_interface(disk, queries, 5000.0, keys, values), state)
-        writes.append(stats.writes[0].item())
+        writes.append(stats.write_mass[0].item())
+        assert torch.equal(stats.wrote, stats.write_mass)  # 1 row of weight 1, or none
     assert writes == [1.0, 0.0, 1.0, 0.0] and disk.rows == 6
     torch.testing.assert_close(read.reshape(3, R, DV), values.unsqueeze(1).expand(3, R, DV))
-    assert (stats.rewrite == 0).all() and stats.slots_in_use[0] == 6
+    assert (stats.rewrite == 0).all() and stats.slots_used.tolist() == [6.0] * 3
+    # strength 5000 on stored keys: each head reads one row (twice stored), entropy log 2
+    torch.testing.assert_close(stats.read_entropy, torch.full((3,), 0.6931471805599453).double())
+
+
+def test_the_value_cache_serves_a_repeated_read(tmp_path):
+    disk = Disk(str(tmp_path / "disk"), DK, DV, k=2, read_heads=R, period=1).double()
+    assert disk.has_value_cache
+    keys = torch.eye(DK)[:3].double() * 5
+    values = torch.arange(9, dtype=torch.float64).reshape(3, DV)
+    queries = keys.unsqueeze(1).expand(3, R, DK)
+    disk.eval()  # read only: no appends
+    state = disk.initial_state(3)
+    _, state, empty = disk(_interface(disk, queries, 5.0, keys, values), state)
+    assert empty.value_reads.tolist() == empty.cache_hits.tolist() == [0.0] * 3  # no rows
+    assert all(torch.isfinite(field).all() for field in empty)
+    disk.train()  # one append of 3 rows, then the read sees them, all misses
+    _, state, first = disk(_interface(disk, queries, 5.0, keys, values), state)
+    assert first.value_reads.tolist() == [R * 2.0] * 3 and first.cache_hits.tolist() == [0.0] * 3
+    disk.eval()
+    _, _, second = disk(_interface(disk, queries, 5.0, keys, values), state)
+    assert second.cache_hits.tolist() == second.value_reads.tolist() == [R * 2.0] * 3
 
 
 def test_a_new_run_sees_what_the_last_one_wrote(tmp_path):
@@ -103,7 +125,7 @@ def test_checkpoints_record_the_rows_and_reject_a_shorter_store(tmp_path):
         fresh.load_state_dict(saved)
     out = controller(torch.randn(2, 4, 3))
     out.output.sum().backward()
-    assert (out.aux["disk"].writes == 1).all()
+    assert (out.aux["disk"].wrote == 1).all()
 
 
 def test_a_shard_another_rank_is_still_creating_is_skipped_not_fatal(tmp_path):
@@ -175,7 +197,7 @@ def test_appends_only_in_the_stages_it_names(tmp_path):
     interface = torch.randn(3, disk.interface_size)
     disk.eval()  # outside Lightning, eval mode is the "validate" stage
     _, _, stats = disk(interface, disk.initial_state(3))
-    assert disk.rows == 0 and (stats.writes == 0).all()
+    assert disk.rows == 0 and (stats.wrote == 0).all() and (stats.write_mass == 0).all()
     for stage in ("sanity_check", "validate", "test", "predict"):
         disk.stage = stage
         disk(interface, disk.initial_state(3))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -156,14 +158,15 @@ def test_period_three_writes_on_steps_zero_three_six_only():
     for _ in range(8):
         previous = state
         _, state, stats = ram(torch.randn(B, ram.interface_size, dtype=torch.float64), state)
-        writes.append(stats.writes[0].item())
+        writes.append(stats.wrote[0].item())
         changed.append(not torch.equal(state.memory, previous.memory))
+        torch.testing.assert_close(stats.write_mass, state.write_weights.sum(dim=(1, 2)))
         if not changed[-1]:  # off ticks: links and precedence carried, nothing written
             for field in ("link", "precedence"):
                 assert torch.equal(getattr(state, field), getattr(previous, field))
             assert state.write_weights.abs().max() == 0
             assert stats.rewrite.abs().max() == 0
-    assert writes == [H, 0, 0, H, 0, 0, H, 0]
+    assert writes == [1, 0, 0, 1, 0, 0, 1, 0]
     assert changed == [True, False, False, True, False, False, True, False]
 
 
@@ -180,7 +183,60 @@ def test_free_gates_release_slots_off_ticks_and_each_write_is_counted_once():
     assert torch.equal(state.write_weights, torch.zeros_like(state.write_weights))
 
 
-def test_zero_interface_and_zero_memory_give_finite_reads_and_gradients():
+def test_a_one_hot_write_and_read_give_write_mass_one_entropy_zero_and_one_slot_used():
+    ram = RAM(N, W, read_heads=R, write_heads=1).double()
+    v = torch.randn(B, W, dtype=torch.float64)
+    state = ram.initial_state(B, dtype=torch.float64)
+    _, state, stats = ram(build_interface(ram, B, write_vector=v, read_keys=v), state)
+    ones = torch.ones(B, dtype=torch.float64)
+    torch.testing.assert_close(stats.write_mass, ones, atol=1e-9, rtol=0)
+    assert torch.equal(stats.wrote, ones)
+    torch.testing.assert_close(stats.read_entropy, 0 * ones, atol=1e-9, rtol=0)
+    # the write counts at once, not one step later as the DNC's usage does
+    assert state.usage.abs().max() == 0
+    torch.testing.assert_close(stats.slots_used, ones, atol=1e-9, rtol=0)
+
+
+def test_a_read_of_an_empty_memory_is_uniform_with_entropy_log_n():
+    ram = RAM(N, W, read_heads=R, write_heads=1).double()
+    state = ram.initial_state(B, dtype=torch.float64)
+    keys = torch.randn(B, W, dtype=torch.float64)
+    _, _, stats = ram(build_interface(ram, B, read_keys=keys, write=-BIG), state)
+    expected = torch.full((B,), math.log(N), dtype=torch.float64)
+    torch.testing.assert_close(stats.read_entropy, expected, atol=1e-12, rtol=0)
+    assert stats.wrote.abs().max() == 0 and (stats.write_mass < 1e-12).all()
+
+
+def test_slots_used_drops_when_the_free_gates_release_a_slot():
+    ram = RAM(4, W, read_heads=1, write_heads=1, period=3).double()
+    state = ram.initial_state(1, dtype=torch.float64)
+    v = torch.randn(1, W, dtype=torch.float64)
+    used, masses = [], []
+    for interface in (
+        build_interface(ram, 1, write_vector=v, read_keys=v),  # tick: writes one slot
+        build_interface(ram, 1, read_keys=v),  # off tick: reads it
+        build_interface(ram, 1, free=BIG),  # off tick: frees what it read
+    ):
+        _, state, stats = ram(interface, state)
+        used.append(stats.slots_used.item())
+        masses.append(stats.write_mass.item())
+    assert used[0] == pytest.approx(1, abs=1e-9) and used[1] == pytest.approx(1, abs=1e-9)
+    assert used[2] < 0.01
+    assert masses[1:] == [0.0, 0.0]
+
+
+def test_write_mass_sums_every_write_head():
+    ram = RAM(N, W, read_heads=R, write_heads=H).double()
+    state = ram.initial_state(B, dtype=torch.float64)
+    _, state, stats = ram(torch.randn(B, ram.interface_size, dtype=torch.float64), state)
+    torch.testing.assert_close(stats.write_mass, state.write_weights.sum(dim=(1, 2)))
+    assert (stats.write_mass <= H).all()
+    # the read entropy is that of each head's weights normalised to sum 1 (float64 reference)
+    p = state.read_weights / state.read_weights.sum(-1, keepdim=True)  # (B, R, N)
+    torch.testing.assert_close(stats.read_entropy, -(p * p.log()).sum(-1).mean(-1))
+
+
+def test_zero_interface_and_zero_memory_give_finite_reads_gradients_and_stats():
     ram = RAM(N, W, R, H).double()
     interface = torch.zeros(B, ram.interface_size, dtype=torch.float64, requires_grad=True)
     state = ram.initial_state(B, dtype=torch.float64)
@@ -188,6 +244,7 @@ def test_zero_interface_and_zero_memory_give_finite_reads_and_gradients():
     for _ in range(3):
         read, state, stats = ram(interface, state)
         total = total + read.sum() + stats.rewrite.sum()
+        assert all(torch.isfinite(field).all() for field in stats)
     total.backward()
     assert torch.isfinite(read).all() and torch.isfinite(interface.grad).all()
 

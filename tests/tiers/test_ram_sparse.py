@@ -256,15 +256,47 @@ def test_period_two_leaves_memory_unchanged_off_ticks():
         before = state.memory.clone()
         _, state, stats = ram(torch.randn(B, ram.interface_size, dtype=torch.float64), state)
         assert torch.equal(state.memory, before) == (t % 2 == 1)
-        assert stats.writes[0].item() == (1.0 if t % 2 == 0 else 0.0)
+        assert stats.wrote[0].item() == (1.0 if t % 2 == 0 else 0.0)
+        if t % 2 == 1:  # off ticks: no write weight at all
+            assert stats.write_mass.abs().max() == 0 and stats.wrote.abs().max() == 0
 
 
-def test_zero_interface_gives_finite_reads_and_gradients():
+def test_zero_interface_gives_finite_reads_gradients_and_stats():
     ram = RAM(N, W, read_heads=R, k=3, sparse=True, index="exact").double()
     interfaces = torch.zeros(B, 4, ram.interface_size, dtype=torch.float64, requires_grad=True)
     reads, _ = run_sparse(ram, interfaces)
     reads.sum().backward()
     assert torch.isfinite(reads).all() and torch.isfinite(interfaces.grad).all()
+    state = ram.initial_state(B, dtype=torch.float64)
+    for t in range(4):
+        _, state, stats = ram(interfaces[:, t].detach(), state)
+        assert all(torch.isfinite(field).all() for field in stats)
+
+
+def test_stats_on_hand_built_writes_and_reads_over_the_k_rows_retrieved():
+    """Write e0, e1, e2, e3 into fresh rows (the LRU row, write gate open), reading e_t back
+    one-hot, then e3 with a zero key: uniform over the K = 3 rows retrieved."""
+    ram = RAM(N, 4, read_heads=1, k=3, links=0, sparse=True, index="exact").double()
+    big = 30.0
+
+    def interface(key, add):  # key, strength, erase, add, write gate, interpolation (LRU)
+        parts = [key, torch.tensor([big]), torch.full((4,), big), add, torch.tensor([big]),
+                 torch.tensor([-big])]  # fmt: skip
+        return torch.cat(parts).double().unsqueeze(0)
+
+    eye = torch.eye(4, dtype=torch.float64)
+    state = ram.initial_state(1, dtype=torch.float64)
+    used, entropy, mass, wrote = [], [], [], []
+    for key, add in [(eye[0], eye[0]), (eye[1], eye[1]), (eye[2], eye[2]), (0 * eye[0], eye[3])]:
+        _, state, stats = ram(interface(key, add), state)
+        used.append(stats.slots_used.item())
+        entropy.append(stats.read_entropy.item())
+        mass.append(stats.write_mass.item())
+        wrote.append(stats.wrote.item())
+    assert used == [1.0, 2.0, 3.0, 4.0]  # rows ever written, counted as they are written
+    assert wrote == [1.0] * 4
+    np.testing.assert_allclose(mass, [1.0] * 4, atol=1e-9)
+    np.testing.assert_allclose(entropy, [0.0, 0.0, 0.0, np.log(3)], atol=1e-9)
 
 
 def test_batch_elements_do_not_leak_into_each_other():

@@ -63,6 +63,23 @@ def test_period_two_holds_the_state_between_ticks():
     assert [s.clock[0].item() for s in states] == list(range(1, T + 1))
 
 
+def test_stats_count_active_units_and_writes_on_ticks_only():
+    register = Register(S, num_layers=2, input_size=I, period=2).double()
+    state = register.initial_state(B, dtype=torch.float64)
+    for t in range(4):
+        _, state, stats = register(torch.randn(B, I, dtype=torch.float64), state)
+        tick = float(t % 2 == 0)
+        assert stats.write_mass.tolist() == [tick] * B and stats.wrote.tolist() == [tick] * B
+        # one state, read whole with weight 1; the soft count of active units is sum |h|
+        assert stats.read_entropy.abs().max() == 0
+        torch.testing.assert_close(stats.slots_used, state.hidden.abs().sum((1, 2)))
+        assert ((stats.slots_used > 0) & (stats.slots_used <= 2 * S)).all()
+        assert not stats.slots_used.requires_grad
+    zero = register.initial_state(B, dtype=torch.float64)._replace(clock=state.clock + 1)
+    _, _, stats = register(torch.randn(B, I, dtype=torch.float64), zero)  # an off tick
+    assert stats.slots_used.abs().max() == 0  # the zero state holds nothing
+
+
 def test_zero_input_gives_finite_outputs_and_gradients():
     register = Register(S, input_size=I).double()
     x = torch.zeros(B, T, I, dtype=torch.float64, requires_grad=True)

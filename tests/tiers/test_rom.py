@@ -36,7 +36,11 @@ def test_a_query_equal_to_a_key_reads_its_value(store):
     interface = _interface(keys[rows], strength=5000.0)
     read, state, stats = rom(interface, rom.initial_state(3))
     np.testing.assert_allclose(read.reshape(3, R, DV).numpy(), values[rows], atol=1e-4)
-    assert stats.writes.sum() == 0 and stats.slots_in_use[0] == 257
+    assert stats.write_mass.sum() == 0 and stats.wrote.sum() == 0
+    assert stats.slots_used.tolist() == [257.0] * 3
+    # strength 5000 on a query equal to a key: every head reads one row, entropy ~0
+    assert (stats.read_entropy.abs() < 1e-9).all()
+    assert stats.value_reads.tolist() == [R * 4.0] * 3  # K = 4 rows per head
     assert rom.query_slices == [slice(0, DK), slice(DK, 2 * DK)]  # where an input skip lands
     assert state.clock.tolist() == [1, 1, 1]
 
@@ -52,6 +56,33 @@ def test_values_in_memory_and_through_the_lru_cache_agree(store):
         torch.testing.assert_close(a, b)
     assert cached.cache.hits > 0 and 0 < cached.cache.hit_rate < 1
     assert len(cached.cache.rows) <= 16
+
+
+def test_a_repeated_query_is_served_from_the_value_cache(store):
+    path, keys, _ = store
+    rom = ROM(str(path), k=3, read_heads=R, index="exact", cache_rows=64).double()
+    assert rom.has_value_cache
+    rows = np.array([[3, 200], [17, 0], [40, 41], [3, 200], [5, 6]])  # element 3 repeats 0
+    interface = _interface(keys[rows], strength=10.0)
+    _, state, first = rom(interface, rom.initial_state(5))
+    # first step: nothing was held before it, so every row is a miss, even element 3's
+    assert first.value_reads.tolist() == [R * 3.0] * 5
+    assert first.cache_hits.tolist() == [0.0] * 5
+    _, _, second = rom(interface, state)  # the same queries again: all held
+    assert second.cache_hits.tolist() == second.value_reads.tolist() == [R * 3.0] * 5
+    assert rom.cache.hits == 5 * R * 3 and rom.cache.misses == 5 * R * 3
+    # a new query: only the rows it shares with earlier reads hit
+    fresh = _interface(keys[np.array([[3, 100], [3, 100], [3, 100], [3, 100], [3, 100]])], 10.0)
+    _, _, third = rom(fresh, state)
+    assert ((third.cache_hits >= 1) & (third.cache_hits < third.value_reads)).all()
+
+
+def test_values_in_memory_are_all_hits_and_no_cache_is_logged(store):
+    path, keys, _ = store
+    rom = ROM(str(path), k=3, read_heads=R, index="exact", values_in_memory=True).double()
+    assert not rom.has_value_cache
+    _, _, stats = rom(_interface(keys[np.array([[1, 2]])], 10.0), rom.initial_state(1))
+    assert stats.cache_hits.tolist() == stats.value_reads.tolist() == [R * 3.0]
 
 
 def test_gradients_reach_the_query_and_projection_never_the_store(store):
@@ -131,7 +162,7 @@ def test_rom_in_a_controller_trains_end_to_end(store):
     out = controller(torch.randn(3, 5, 4, dtype=torch.float64))
     out.output.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in controller.parameters())
-    assert (out.aux["rom"].writes == 0).all()
+    assert (out.aux["rom"].write_mass == 0).all() and (out.aux["rom"].wrote == 0).all()
 
 
 def test_a_rom_stack_with_input_skip_learns_to_look_up_values_by_key(store):
