@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean gpu-wheels
+.PHONY: install test lint docs demo clean gpu-wheels
 
 # Trains Register + Cache + RAM on copy (lengths 1..10) for a few minutes on CPU, then prints
 # validation (lengths 1..10) and test (lengths 21..40, generalisation) tables. Logs, the
@@ -22,14 +22,20 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_INSTALL)
-	$(BIN)/python -m pip install --quiet -e ".[dev,faiss,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,faiss,ray,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
+	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -q
+
+# The documentation site with its API reference (mkdocs.yml) into site/. --strict: a broken
+# link or a docstring griffe cannot parse fails the build (and so `make test` and CI).
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict -d site
 
 demo: $(STAMP)
 	$(BIN)/tiered fit --config experiments/tasks/copy.yaml --config experiments/stacks/cache_ram.yaml \

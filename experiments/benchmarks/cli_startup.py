@@ -6,7 +6,10 @@ time, and whether torch or Lightning was imported (``python -X importtime``). Th
 that do not train must answer in under 2 s; ``tiered fit --help`` and ``tiered tiers`` need
 torch and Lightning and are measured beside them for comparison.
 
-    .venv/bin/python experiments/benchmarks/cli_startup.py [--repeats 5]
+    .venv/bin/python experiments/benchmarks/cli_startup.py [--repeats 5] [--compare DIR]
+
+``--compare DIR`` times the same commands, in the same run, with another checkout of tiered
+(e.g. ``git worktree add DIR a6ceb0c``, the commit before issue 12) first on ``PYTHONPATH``.
 
 Writes experiments/results/cli_startup.{csv,md}.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import statistics
 import subprocess
@@ -60,13 +64,27 @@ def heavy_imports(script: str, args: list[str], cwd: Path) -> list[str]:
 
 def row_markdown(row: dict[str, str]) -> str:
     cells = ("`" + row["command"] + "`", row["median_s"], row["max_s"], row["limit_s"],
-             row["imports"], row["within_limit"])  # fmt: skip
+             row["imports"], row["within_limit"], row["compare_median_s"])  # fmt: skip
     return "| " + " | ".join(cells) + " |"
+
+
+def timed(script: str, argv: list[str], cwd: str, repeats: int, env: dict | None) -> list[float]:
+    """Wall-clock seconds of ``repeats`` runs; [] if the command fails (absent there)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = subprocess.run([script, *argv], capture_output=True, cwd=cwd, timeout=600, env=env)
+        times.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            return []
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compare", help="another checkout to time beside this one")
+    parser.add_argument("--compare-label", default="", help="what --compare is, for the table")
     args = parser.parse_args()
     script = shutil.which("tiered", path=str(Path(sys.executable).parent))
     assert script is not None, "install tiered first (make install)"
@@ -79,12 +97,13 @@ def main() -> None:
             np.ones((1000, 16), np.float32), np.ones((1000, 8), np.float32)
         )
         for argv, limited in commands(store):
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                done = subprocess.run([script, *argv], capture_output=True, cwd=tmp, timeout=600)
-                times.append(time.perf_counter() - start)
-                assert done.returncode == 0, (argv, done.stderr[-2000:])
+            times = timed(script, argv, tmp, args.repeats, None)
+            assert times, f"tiered {argv} failed"
+            before = ""
+            if args.compare:
+                env = {**os.environ, "PYTHONPATH": str(Path(args.compare).resolve())}
+                other = timed(script, argv, tmp, args.repeats, env)
+                before = f"{statistics.median(other):.2f}" if other else "n/a"
             shown = " ".join(a if not a.startswith(tmp) else "STORE" for a in argv)
             shown = shown.replace(str(ROOT) + "/", "")
             rows.append({
@@ -92,6 +111,7 @@ def main() -> None:
                 "median_s": f"{statistics.median(times):.2f}",
                 "max_s": f"{max(times):.2f}",
                 "limit_s": f"{LIMIT_S:.0f}" if limited else "",
+                "compare_median_s": before,
                 "imports": "+".join(heavy_imports(script, argv, Path(tmp))) or "neither",
                 "within_limit": ("yes" if max(times) < LIMIT_S else "NO") if limited else "",
             })  # fmt: skip
@@ -101,7 +121,8 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = "| command | median s | max s | limit s | torch / Lightning imported | within |"
+    header = ("| command | median s | max s | limit s | torch / Lightning imported | within "
+              "| median s, --compare checkout |")  # fmt: skip
     lines = [
         "# Command-line start-up time",
         "",
@@ -111,8 +132,10 @@ def main() -> None:
         "torch and Lightning and are shown for comparison. Made by",
         "`experiments/benchmarks/cli_startup.py`.",
         "",
+        f"Compared with: {args.compare_label}" if args.compare else "No comparison run.",
+        "",
         header,
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
         *(row_markdown(r) for r in rows),
         "",
         "Machine:",

@@ -293,3 +293,169 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_command_line_seeds_and_extra_args_reach_every_run_and_are_recorded(tmp_path, capsys):
+    path = write_sweep(tmp_path, base=[str(STACKS / "register.yaml")], grid={}, seeds=[0, 1],
+                       metric={"name": "val/task_loss", "mode": "min"}, args=TINY)  # fmt: skip
+    out = tmp_path / "out"
+    extra = ["--", "--trainer.max_steps", "2", "--model.init_args.gradient_clip_val", "0.5"]
+    options = ["run", str(path), "--out", str(out), "--seeds", "5"]
+    argv = [*options, *extra]
+    assert sweep_main([*options, "--dry-run", *extra]) == 0
+    *lines, summary = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["base,seed=5"]  # the file's 0, 1 not run
+    command = lines[0].split("\t")[2]
+    assert "--trainer.max_steps 4" in command  # the file's args, then the overrides after them
+    assert command.index("--trainer.max_steps 4") < command.index("--trainer.max_steps 2")
+    assert summary.endswith(
+        "overrides: --seeds 5 (the file's: 0 1); extra arguments "
+        "`-- --trainer.max_steps 2 --model.init_args.gradient_clip_val 0.5`"
+    )
+    assert not out.exists()  # a dry run writes nothing
+    assert sweep_main(argv) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["base,seed=5"]
+    status = read_status(out / "base,seed=5")
+    assert status["state"] == "finished" and status["extra_args"] == extra[1:]
+    assert status["command"][status["command"].index("--seed_everything") + 1] == "5"
+    resolved = yaml.safe_load((out / "base,seed=5/logs/version_0/config.yaml").read_text())
+    assert resolved["trainer"]["max_steps"] == 2 and resolved["seed_everything"] == 5
+    assert resolved["model"]["init_args"]["gradient_clip_val"] == 0.5
+    recorded = json.loads((out / "overrides.json").read_text())
+    assert recorded["seeds"] == [5] and recorded["extra_args"] == extra[1:]
+    assert recorded["command"].startswith("tiered sweep run ")
+    assert "Command-line overrides: seeds [5]; extra arguments" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert sweep_main(argv) == 0  # the same overrides again: resumed, nothing to run
+    assert "1 already finished, 0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry-run"])
+@pytest.mark.parametrize(
+    ("extra", "made", "gives"),
+    [
+        ([], "`-- --trainer.max_steps 2`", "none"),
+        (["--", "--trainer.max_steps", "3"], "`-- --trainer.max_steps 2`",
+         "`-- --trainer.max_steps 3`"),
+    ],
+)  # fmt: skip
+def test_a_folder_made_with_other_extra_args_is_not_resumed(
+    tmp_path, capsys, dry_run, extra, made, gives
+):
+    # Its finished runs would be reported beside runs trained with other arguments.
+    path = write_sweep(tmp_path, base=[str(STACKS / "register.yaml")], grid={}, seeds=[0, 1],
+                       metric={"name": "val/task_loss", "mode": "min"})  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.yaml").write_text(path.read_text())
+    (out / "overrides.json").write_text(json.dumps({"extra_args": ["--trainer.max_steps", "2"]}))
+    # another seed than the folder's runs: the folder, not only the run, is checked
+    assert sweep_main(["run", str(path), "--out", str(out), "--seeds", "7", *dry_run, *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+    assert captured.err.startswith(f"error: extra arguments after --: {out} was made with {made}")
+    assert f"this command gives {gives}; give the same to resume it" in captured.err
+    assert not (out / "base,seed=7").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seeds", "x"], "error: --seeds: 'x' is not an integer; give distinct integers >= 0"),
+        (["--seeds", "-1"], "error: --seeds: -1 is negative"),
+        (["--seeds", "2", "2"], "error: --seeds: 2 is given twice"),
+        (["--seeds"], "error: tiered sweep run: argument --seeds: expected at least one argument"),
+        (["--workers", "two"], "argument --workers: invalid int value: 'two'"),
+        (["--", "100"], "error: extra argument '100' after --: give options of tiered fit"),
+        (["--", "--seed_everything", "3"], "'--seed_everything' after --: the sweep sets it per "
+         "run from the seeds; use --seeds"),
+        (["--", "--ckpt_path=a.ckpt"], "'--ckpt_path=a.ckpt' after --: the sweep sets it"),
+    ],
+)  # fmt: skip
+def test_bad_overrides_get_one_line_naming_the_argument_and_value(tmp_path, capsys, argv, message):
+    path = write_sweep(tmp_path, grid={}, metric={"name": "val/task_loss"})
+    for dry_run in ([], ["--dry-run"]):
+        code = sweep_main(["run", str(path), "--out", str(tmp_path / "out"), *dry_run, *argv])
+        captured = capsys.readouterr()
+        assert code == 2 and len(captured.err.splitlines()) == 1, captured.err
+        assert message in captured.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_overrides_through_the_tiered_command_are_one_line_without_traceback(tmp_path):
+    path = write_sweep(tmp_path, grid={}, metric={"name": "val/task_loss"})
+    result = subprocess.run(
+        [sys.executable, "-m", "tiered.cli", "sweep", "run", str(path), "--dry-run",
+         "--seeds", "0", "-1", "--", "--trainer.max_steps", "3"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: --seeds: -1 is negative; give distinct integers >= 0, e.g. --seeds 0 1 2"
+    ]
+
+
+def test_the_sweep_dry_run_imports_no_torch_lightning_matplotlib_or_ray(tmp_path):
+    heavy = ("torch", "lightning", "matplotlib", "ray", "zarr")
+    code = (
+        "import sys\n"
+        "from tiered.sweeps.cli import main\n"
+        f"code = main(['run', {str(EXPERIMENTS / 'sweeps' / 'tier_ablation_copy.yaml')!r}, "
+        f"'--dry-run', '--out', {str(tmp_path / 'out')!r}, '--seeds', '0', '--', '--a', '1'])\n"
+        f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=True)  # fmt: skip
+    assert result.stdout.splitlines()[-1] == "0 []"
+
+
+def _records(values: dict[str, list[float]]) -> list[dict]:
+    return [
+        {"variant": v, "seed": str(i), "state": "finished", "metric": x, "wall_s": None}
+        for v, xs in values.items()
+        for i, x in enumerate(xs)
+    ]
+
+
+def test_report_judges_no_spread_with_one_seed_per_variant():
+    from tiered.sweeps.report import differences, summarize
+
+    rows = summarize(_records({"a": [1.0], "b": [1.0]}), "min")
+    assert [r["std"] for r in rows] == [None, None]
+    lines = differences(rows, "val/bit_errors", "min")
+    assert lines[0] == "Best by mean val/bit_errors (min): a (1, 1 seed: no spread)."
+    assert lines[1] == (
+        "b against a: no spread can be judged with fewer than 2 seeds per variant "
+        "(1 and 1 seeds; difference of the means 0)."
+    )
+    assert not any("within the spread" in line for line in lines)
+    # one side with 2 seeds is not enough either
+    rows = summarize(_records({"a": [1.0, 1.0], "b": [3.0]}), "min")
+    assert "no spread can be judged" in differences(rows, "m", "min")[1]
+
+
+def test_report_judges_the_spread_with_two_seeds_or_more():
+    from tiered.sweeps.report import differences, summarize
+
+    rows = summarize(_records({"a": [1.0, 1.2], "b": [1.1, 1.3], "c": [5.0, 5.0, 5.0]}), "min")
+    lines = differences(rows, "m", "min")
+    assert lines[0].startswith("Best by mean m (min): a (1.1 +- 0.14 over 2 seeds).")
+    assert lines[1].startswith("b is within the spread of a (difference 0.1, ")
+    assert lines[2].startswith("c is worse than a beyond their spread (difference 3.9 > ")
+
+
+@pytest.mark.parametrize(("mode", "direction"), [("min", "lower"), ("max", "higher")])
+def test_final_plot_has_a_title_the_direction_and_points_where_the_spread_is_zero(mode, direction):
+    from tiered.sweeps.report import final_figure, summarize
+
+    records = _records({"zero": [0.0, 0.0, 0.0], "one_seed": [2.0], "spread": [1.0, 3.0]})
+    rows = summarize(records, mode)
+    fig = final_figure(records, rows, "val/bit_errors", mode)
+    (ax,) = fig.axes
+    title = f"final val/bit_errors per variant ({direction} is better; best on top)"
+    assert ax.get_title() == title
+    assert [t.get_text() for t in ax.get_yticklabels()] == [r["variant"] for r in rows]
+    points = {tuple(p) for c in ax.collections for p in c.get_offsets().tolist()}
+    zero_y = [r["variant"] for r in rows].index("zero")
+    assert (0.0, zero_y) in points  # a mean of 0 with a spread of 0 still shows as a point
+    assert (2.0, [r["variant"] for r in rows].index("one_seed")) in points

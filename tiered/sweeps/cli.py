@@ -1,25 +1,54 @@
-"""``tiered sweep run FILE`` and ``tiered sweep report DIR``."""
+"""``tiered sweep run FILE [--seeds S ...] [-- FIT ARGS ...]`` and ``tiered sweep report DIR``.
+
+The output folder records the command line's overrides in ``overrides.json`` (beside
+``sweep.yaml``, the file's copy) and every run's ``status.json`` its ``extra_args``. A folder
+made with other extra arguments is not resumed: its runs would be mixed with differently
+trained ones. Other ``--seeds`` are fine: each seed is a run of its own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from tiered.sweeps.report import write_report
 from tiered.sweeps.runner import read_status, run_local, run_ray
-from tiered.sweeps.spec import SweepError, load_sweep
+from tiered.sweeps.spec import Run, SweepError, SweepSpec, load_sweep
+
+OVERRIDES = "overrides.json"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``SweepError``), naming the argument and the value."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SweepError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiered sweep", description="Ablation sweeps.")
+    parser = _Parser(prog="tiered sweep", description="Ablation sweeps.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run (or resume) every run of a sweep file")
+    run = commands.add_parser(
+        "run",
+        help="run (or resume) every run of a sweep file",
+        usage="tiered sweep run [options] FILE [-- TIERED FIT ARGUMENTS ...]",
+        epilog="Arguments after -- are appended to every run's tiered fit command, after the "
+        "file's args, e.g. `tiered sweep run FILE --seeds 0 1 -- --trainer.max_steps 100`.",
+    )
     run.add_argument("file", type=Path, help="the sweep YAML file")
+    run.add_argument(
+        "--seeds",
+        nargs="+",
+        metavar="SEED",
+        help="run these seeds instead of the file's (distinct integers >= 0)",
+    )
     run.add_argument("--out", type=Path, help="output folder (default: runs/sweeps/<file stem>)")
     run.add_argument("--backend", choices=("local", "ray"), default="local")
     run.add_argument(
@@ -41,45 +70,90 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``tiered sweep``; returns the exit code."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "report":
-            print(write_report(args.dir).read_text())
-            return 0
-        spec = load_sweep(args.file)
-    except (SweepError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.workers < 1:
-        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return 2
-    out = args.out or Path("runs") / "sweeps" / args.file.stem
-    runs = spec.runs()
-    statuses = {run.name: read_status(out / run.name) for run in runs}  # read once
-    if args.dry_run:
-        for run in runs:
-            state = statuses[run.name].get("state", "pending")
-            print(f"{run.name}\t{state}\ttiered fit {' '.join(run.args)}")
-        print(f"{len(runs)} runs in {out}")
-        return 0
-    for run in runs:  # a folder made by another sweep must not be reused silently
+def _split_extra(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``argv`` before the first ``--``, and the arguments after it (None without ``--``)."""
+    if "--" not in argv:
+        return argv, None
+    index = argv.index("--")
+    return argv[:index], argv[index + 1 :]
+
+
+def _as_extra(args: list[str] | tuple[str, ...]) -> str:
+    return f"`-- {shlex.join(args)}`" if args else "none"
+
+
+def _check_folder(out: Path, runs: list[Run], statuses: dict[str, dict], extra: tuple) -> None:
+    """Refuse (``SweepError``) to resume a folder made with other extra arguments or by
+    another sweep: its finished runs would be reported beside differently trained ones."""
+    recorded = None
+    if (out / OVERRIDES).is_file():
+        recorded = tuple(json.loads((out / OVERRIDES).read_text()).get("extra_args", []))
+    elif (out / "sweep.yaml").is_file():
+        recorded = ()  # made before overrides were recorded, or without any
+    if recorded is not None and recorded != extra:
+        raise SweepError(
+            f"extra arguments after --: {out} was made with {_as_extra(recorded)}, this "
+            f"command gives {_as_extra(extra)}; give the same to resume it, or another --out"
+        )
+    for run in runs:
         previous = statuses[run.name].get("args")
         if previous is not None and previous != list(run.args):
-            print(
-                f"error: {out / run.name} was made with other arguments than this sweep gives "
-                f"it ({' '.join(previous)}); use another --out or remove the folder",
-                file=sys.stderr,
+            raise SweepError(
+                f"{out / run.name} was made with other arguments than this sweep gives it "
+                f"({' '.join(previous)}); use another --out or remove the folder"
             )
-            return 2
+
+
+def _record(out: Path, spec: SweepSpec, file_seeds: tuple, runs: list[Run], argv: list) -> None:
+    """Write the sweep file's copy, the command line's overrides and the runs into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec.path, out / "sweep.yaml")
+    overrides = {
+        "command": f"tiered sweep {shlex.join(argv)}",
+        "seeds": list(spec.seeds) if spec.seeds != file_seeds else None,
+        "extra_args": list(spec.extra_args),
+    }
+    (out / OVERRIDES).write_text(json.dumps(overrides, indent=2))
     (out / "runs.json").write_text(
         json.dumps([run.__dict__ for run in runs], indent=2, default=str)
     )
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``tiered sweep``; returns the exit code."""
+    try:
+        before, extra = _split_extra(list(argv))
+        args = _parser().parse_args(before)
+        if extra is not None and args.command != "run":
+            raise SweepError(f"tiered sweep {args.command}: takes no arguments after --")
+        if args.command == "report":
+            print(write_report(args.dir).read_text())
+            return 0
+        if args.workers < 1:
+            raise SweepError(f"--workers must be >= 1, got {args.workers}")
+        file_spec = load_sweep(args.file)
+        spec = file_spec.with_overrides(args.seeds, extra or ())
+        out = args.out or Path("runs") / "sweeps" / args.file.stem
+        runs = spec.runs()
+        statuses = {run.name: read_status(out / run.name) for run in runs}  # read once
+        _check_folder(out, runs, statuses, spec.extra_args)
+    except (SweepError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for run in runs:
+            state = statuses[run.name].get("state", "pending")
+            print(f"{run.name}\t{state}\ttiered fit {shlex.join(run.args)}")
+        changed = _overrides_text(spec, file_spec)
+        print(f"{len(runs)} runs in {out}" + (f"; {changed}" if changed else ""))
+        return 0
+    _record(out, spec, file_spec.seeds, runs, list(argv))
     todo = [run for run in runs if statuses[run.name].get("state") != "finished"]
-    print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
+    changed = _overrides_text(spec, file_spec)
+    print(
+        f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run"
+        + (f"; {changed}" if changed else "")
+    )
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.backend == "ray":
@@ -98,3 +172,14 @@ def main(argv: list[str]) -> int:
     )
     write_report(out)
     return 1 if failed else 0
+
+
+def _overrides_text(spec: SweepSpec, file_spec: SweepSpec) -> str:
+    """What the command line changed (seeds, extra arguments), or "" where it changed nothing."""
+    parts = []
+    if spec.seeds != file_spec.seeds:
+        parts.append(f"--seeds {' '.join(map(str, spec.seeds))} (the file's: "
+                     f"{' '.join(map(str, file_spec.seeds))})")  # fmt: skip
+    if spec.extra_args:
+        parts.append(f"extra arguments {_as_extra(spec.extra_args)}")
+    return "overrides: " + "; ".join(parts) if parts else ""

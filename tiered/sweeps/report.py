@@ -2,20 +2,28 @@
 
 ``tiered sweep report DIR`` writes ``report.md``, ``report.csv``, ``curves.png`` (the
 metric over training steps, one line per run, coloured by variant) and ``final.png`` (the
-final metric per variant with its standard deviation).
+final metric per variant: its mean, its standard deviation where there are two seeds or
+more, and every seed's value). A spread needs two seeds: a variant with one has none
+(``std`` is None) and the report says that no difference can be judged against it.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tiered.sweeps.runner import metric_curve, read_status
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DIRECTION = {"min": "lower is better", "max": "higher is better"}
 
 
 def collect(out_dir: Path, metric: str) -> list[dict[str, Any]]:
@@ -42,7 +50,8 @@ def collect(out_dir: Path, metric: str) -> list[dict[str, Any]]:
 
 
 def summarize(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
-    """Per variant: mean and standard deviation over finished seeds, counts; best first."""
+    """Per variant: mean and standard deviation over finished seeds (None with fewer than
+    two), counts; best first."""
     rows = []
     for variant in sorted({r["variant"] for r in records}):
         mine = [r for r in records if r["variant"] == variant]
@@ -56,7 +65,7 @@ def summarize(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
             {
                 "variant": variant,
                 "mean": statistics.fmean(values) if values else None,
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+                "std": statistics.stdev(values) if len(values) > 1 else None,
                 "finished": sum(r["state"] == "finished" for r in mine),
                 "failed": sum(r["state"] == "failed" for r in mine),
                 "not_finite": sum(
@@ -74,19 +83,24 @@ def summarize(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
 
 
 def differences(rows: list[dict[str, Any]], metric: str, mode: str) -> list[str]:
-    """Sentences naming the variants whose mean differs from the best beyond their spread."""
+    """Sentences naming the variants whose mean differs from the best beyond their spread;
+    with fewer than two seeds on either side there is no spread, and they say so."""
     scored = [r for r in rows if r["mean"] is not None]
     if len(scored) < 2:
         return ["Fewer than two variants have finished runs; nothing to compare."]
     best = scored[0]
-    lines = [
-        f"Best by mean {metric} ({mode}): {best['variant']} "
-        f"({best['mean']:.4g} +- {best['std']:.2g})."
-    ]
+    lines = [f"Best by mean {metric} ({mode}): {best['variant']} ({_mean_text(best)})."]
     for row in scored[1:]:
         gap = abs(row["mean"] - best["mean"])
+        if row["std"] is None or best["std"] is None:
+            lines.append(
+                f"{row['variant']} against {best['variant']}: no spread can be judged with "
+                f"fewer than 2 seeds per variant ({_seeds(row)} and {_seeds(best)} seeds; "
+                f"difference of the means {gap:.4g})."
+            )
+            continue
         spread = row["std"] + best["std"]
-        if row["finished"] > 1 and best["finished"] > 1 and gap > spread:
+        if gap > spread:
             lines.append(
                 f"{row['variant']} is worse than {best['variant']} beyond their spread "
                 f"(difference {gap:.4g} > sum of standard deviations {spread:.4g})."
@@ -95,9 +109,36 @@ def differences(rows: list[dict[str, Any]], metric: str, mode: str) -> list[str]
             lines.append(
                 f"{row['variant']} is within the spread of {best['variant']} "
                 f"(difference {gap:.4g}, sum of standard deviations {spread:.4g}, "
-                f"{row['finished']} and {best['finished']} seeds)."
+                f"{_seeds(row)} and {_seeds(best)} seeds)."
             )
     return lines
+
+
+def _seeds(row: dict[str, Any]) -> int:
+    """How many seeds of the variant have a finite final metric."""
+    return row["finished"] - row["not_finite"]
+
+
+def _mean_text(row: dict[str, Any]) -> str:
+    if row["std"] is None:
+        return f"{row['mean']:.4g}, {_seeds(row)} seed: no spread"
+    return f"{row['mean']:.4g} +- {row['std']:.2g} over {_seeds(row)} seeds"
+
+
+def _overrides_line(out_dir: Path) -> list[str]:
+    """The command line's overrides recorded by ``tiered sweep run``, if any."""
+    path = out_dir / "overrides.json"
+    if not path.is_file():
+        return []
+    overrides = json.loads(path.read_text())
+    parts = []
+    if overrides.get("seeds") is not None:
+        parts.append(f"seeds {overrides['seeds']}")
+    if overrides.get("extra_args"):
+        parts.append(f"extra arguments {overrides['extra_args']} (after the file's args)")
+    if not parts:
+        return []
+    return ["", f"Command-line overrides: {'; '.join(parts)}; `{overrides.get('command')}`."]
 
 
 def write_report(out_dir: Path) -> Path:
@@ -125,6 +166,7 @@ def write_report(out_dir: Path) -> Path:
         "",
         f"Sweep: base {spec.get('base')}, grid keys {sorted(spec.get('grid') or {})}, "
         f"seeds {spec.get('seeds')}, args {spec.get('args') or []}.",
+        *_overrides_line(out_dir),
         "",
         f"| variant | mean {metric} | std | finished | failed | mean wall s per run |",
         "|---|---:|---:|---:|---:|---:|",
@@ -140,18 +182,62 @@ def write_report(out_dir: Path) -> Path:
         lines += ["", "Failed runs:", ""] + [f"- {r['name']}: {r['error']}" for r in failed]
     lines += ["", "![learning curves](curves.png)", "", "![final metric](final.png)", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
-    _plot(out_dir, records, rows, metric)
+    _plot(out_dir, records, rows, metric, mode)
     return out_dir / "report.md"
 
 
-def _plot(out_dir: Path, records: list[dict], rows: list[dict], metric: str) -> None:
+def _colours(rows: list[dict]) -> dict[str, Any]:
+    import matplotlib
+
+    return {r["variant"]: matplotlib.colormaps["tab10"](i % 10) for i, r in enumerate(rows)}
+
+
+def final_figure(records: list[dict], rows: list[dict], metric: str, mode: str) -> Figure:
+    """The figure of ``final.png``: per variant (best first) a bar and a diamond at the mean,
+    whiskers of one standard deviation where there are two seeds or more, and a circle per
+    seed, so a variant whose spread (or mean) is zero still shows."""
+    from matplotlib.figure import Figure
+
+    scored = [r for r in rows if r["mean"] is not None]
+    colours = _colours(rows)
+    fig = Figure(figsize=(7, 1.1 + 0.45 * max(1, len(scored))))
+    ax = fig.subplots()
+    ys = {r["variant"]: y for y, r in enumerate(scored)}
+    ax.barh(list(ys.values()), [r["mean"] for r in scored], height=0.6, alpha=0.6,
+            color=[colours[r["variant"]] for r in scored])  # fmt: skip
+    spread = [r for r in scored if r["std"] is not None]
+    ax.errorbar([r["mean"] for r in spread], [ys[r["variant"]] for r in spread],
+                xerr=[r["std"] for r in spread], fmt="none", ecolor="black", capsize=4)  # fmt: skip
+    ax.scatter([r["mean"] for r in scored], list(ys.values()), marker="D", color="black",
+               zorder=3, label="mean")  # fmt: skip
+    seeds = [(r["metric"], ys[r["variant"]]) for r in records if r["variant"] in ys
+             and r["state"] == "finished" and r["metric"] is not None
+             and math.isfinite(r["metric"])]  # fmt: skip
+    if seeds:
+        ax.scatter(*zip(*seeds, strict=True), marker="o", facecolors="none",
+                   edgecolors="dimgray", zorder=4, label="each seed")  # fmt: skip
+    ax.set_yticks(list(ys.values()), list(ys))
+    ax.set_title(f"final {metric} per variant ({DIRECTION[mode]}; best on top)")
+    ax.set_xlabel(f"final {metric}: mean over seeds, +- std where 2+ seeds")
+    ax.use_sticky_edges = False  # a margin beside 0, so that points there show whole
+    ax.margins(x=0.04)
+    if scored:
+        ax.set_ylim(len(scored) - 0.5, -0.5)  # best on top
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _plot(out_dir: Path, records: list[dict], rows: list[dict], metric: str, mode: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = [r["variant"] for r in rows]
-    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
+    colours = _colours(rows)
     fig, ax = plt.subplots(figsize=(7, 4))
     labelled = set()
     for record in records:
@@ -160,24 +246,12 @@ def _plot(out_dir: Path, records: list[dict], rows: list[dict], metric: str) -> 
             label = None if record["variant"] in labelled else record["variant"]
             labelled.add(record["variant"])
             ax.plot(steps, values, color=colours[record["variant"]], alpha=0.8, label=label)
-    ax.set(xlabel="training step", ylabel=metric, title="learning curves (one line per run)")
+    ax.set(xlabel="training step", ylabel=metric,
+           title=f"learning curves, one line per run ({DIRECTION[mode]})")  # fmt: skip
     ax.grid(True, alpha=0.3)
     if labelled:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "curves.png", dpi=110)
     plt.close(fig)
-    scored = [r for r in rows if r["mean"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, len(scored))))
-    ax.barh(
-        [r["variant"] for r in scored],
-        [r["mean"] for r in scored],
-        xerr=[r["std"] for r in scored],
-        color=[colours[r["variant"]] for r in scored],
-        capsize=3,
-    )
-    ax.invert_yaxis()
-    ax.set(xlabel=f"final {metric} (mean +- std over seeds)")
-    fig.tight_layout()
-    fig.savefig(out_dir / "final.png", dpi=110)
-    plt.close(fig)
+    final_figure(records, rows, metric, mode).savefig(out_dir / "final.png", dpi=110)

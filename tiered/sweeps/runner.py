@@ -6,6 +6,9 @@ config, one version per attempt) and ``checkpoints/last.ckpt``. Running the same
 again skips finished runs and resumes unfinished ones from ``last.ckpt``. A failing run
 has its error recorded and the others go on. Ctrl-C stops the runs in flight (their last
 checkpoints stay) and marks them interrupted.
+
+Nothing heavy is imported at module level (``tiered sweep run --dry-run`` imports this
+module): the store lock (numpy, zarr) and Ray are imported where a run needs them.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tiered.storage import StoreLockedError, WriterLock
 from tiered.sweeps.spec import Run, SweepSpec
+
+if TYPE_CHECKING:
+    from tiered.storage import WriterLock
 
 _children: set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
@@ -92,6 +97,8 @@ def run_one(run: Run, out_dir: str, metric: str, threads: int = 1) -> dict[str, 
 
     Safe to call from a thread or a Ray worker: all it shares is the run's folder.
     """
+    from tiered.storage import StoreLockedError, WriterLock
+
     run_dir = Path(out_dir) / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     status = read_status(run_dir)
@@ -125,8 +132,8 @@ def _run_locked(
     resumed = "--ckpt_path" in command
     started = time.time()
     write_status(run_dir, {"state": "running", "attempts": attempts, "resumed": resumed,
-                           "args": list(run.args), "command": command,
-                           "started": started})  # fmt: skip
+                           "args": list(run.args), "extra_args": list(run.extra_args),
+                           "command": command, "started": started})  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(run_dir / "log.txt", "a") as log:
         log.write(f"\n=== attempt {attempts}: {' '.join(command)}\n")
@@ -150,8 +157,8 @@ def _run_locked(
                 _children.discard(child)
     curve = metric_curve(run_dir, metric)
     status = {"attempts": attempts, "resumed": resumed, "args": list(run.args),
-              "command": command, "returncode": code, "started": started,
-              "finished": time.time()}  # fmt: skip
+              "extra_args": list(run.extra_args), "command": command, "returncode": code,
+              "started": started, "finished": time.time()}  # fmt: skip
     # Stopped runs first: Lightning turns SIGTERM into a clean exit with code 0.
     if _stopping.is_set() or code in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL):
         status.update(state="interrupted", error=f"stopped (exit code {code})")

@@ -13,19 +13,33 @@ The grid key ``config`` takes config files (a whole tier stack is one value); ev
 key is a command-line override (``--key value``). Relative paths are resolved against the
 sweep file's folder first, then the current directory. An optional ``args`` list adds fixed
 command-line arguments to every run (e.g. ``[--trainer.max_steps, "500"]``).
+
+The command line can override a file (``SweepSpec.with_overrides``): ``--seeds`` replaces
+its seeds and the arguments after ``--`` are appended to every run's, after the file's
+``args`` (so they win where both set a key).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 KEYS = ("base", "grid", "seeds", "metric", "args")
+# Options of ``tiered fit`` the sweep sets per run itself: extra arguments may not set them.
+RESERVED = {
+    "--seed_everything": "the sweep sets it per run from the seeds; use --seeds",
+    "--data.init_args.seed": "the sweep sets it per run from the seeds; use --seeds",
+    "--ckpt_path": "the sweep sets it to resume a run from its last.ckpt",
+    "--trainer.default_root_dir": "the sweep sets it to the run's folder",
+    "--trainer.logger": "the sweep logs every run to CSV in its folder",
+    "--trainer.enable_progress_bar": "the sweep turns it off (runs write to log.txt)",
+}
 
 
 class SweepError(ValueError):
@@ -40,18 +54,27 @@ class Run:
         name: unique folder name, e.g. ``config=ram,seed=1``.
         variant: the name without the seed; runs of one variant differ only by seed.
         seed: the seed.
-        args: the arguments to ``tiered fit`` (configs, overrides, seed).
+        args: the arguments to ``tiered fit`` (configs, overrides, the file's ``args``,
+            the extra arguments, seed).
+        extra_args: the part of ``args`` given on the command line after ``--``.
     """
 
     name: str
     variant: str
     seed: int
     args: tuple[str, ...]
+    extra_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A validated sweep file."""
+    """A validated sweep file, with the command line's overrides if any.
+
+    Attributes:
+        seeds: the seeds run: the file's, or those of ``--seeds``.
+        args: the file's ``args``.
+        extra_args: arguments from the command line (after ``--``), after ``args``.
+    """
 
     path: Path
     base: tuple[Path, ...]
@@ -60,6 +83,19 @@ class SweepSpec:
     metric: str
     mode: str
     args: tuple[str, ...] = field(default=())
+    extra_args: tuple[str, ...] = field(default=())
+
+    def with_overrides(
+        self, seeds: Sequence[str] | None = None, extra_args: Sequence[str] = ()
+    ) -> SweepSpec:
+        """This sweep with ``--seeds`` (as typed) replacing its seeds and ``extra_args``
+        appended to every run's arguments; raises ``SweepError`` (one line naming the
+        argument and the value) on bad input."""
+        return replace(
+            self,
+            seeds=self.seeds if seeds is None else parse_seeds(seeds),
+            extra_args=check_extra_args(extra_args),
+        )
 
     def runs(self) -> list[Run]:
         """Every (grid point, seed) as a named run, in a stable order."""
@@ -85,13 +121,50 @@ class SweepSpec:
                         name=_safe(f"{variant},seed={seed}"),
                         variant=_safe(variant),
                         seed=seed,
-                        args=(*config_args, *args, *self.args, *seed_args),
+                        args=(*config_args, *args, *self.args, *self.extra_args, *seed_args),
+                        extra_args=self.extra_args,
                     )
                 )
         names = [run.name for run in runs]
         if len(set(names)) != len(names):
             raise SweepError(f"sweep: two grid points get the same run name: {names}")
         return runs
+
+
+def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
+    """The seeds of ``--seeds`` as typed: distinct integers >= 0."""
+    valid = "give distinct integers >= 0, e.g. --seeds 0 1 2"
+    if not values:
+        raise SweepError(f"--seeds: no seed given; {valid}")
+    seeds: list[int] = []
+    for value in values:
+        try:
+            seed = int(value)
+        except ValueError:
+            raise SweepError(f"--seeds: {value!r} is not an integer; {valid}") from None
+        if seed < 0:
+            raise SweepError(f"--seeds: {seed} is negative; {valid}")
+        if seed in seeds:
+            raise SweepError(f"--seeds: {seed} is given twice; {valid}")
+        seeds.append(seed)
+    return tuple(seeds)
+
+
+def check_extra_args(args: Sequence[str]) -> tuple[str, ...]:
+    """The arguments after ``--``: options of ``tiered fit`` (``--key value`` or
+    ``--key=value``), none of those the sweep sets per run itself (``RESERVED``)."""
+    args = tuple(args)
+    if args and not args[0].startswith("--"):
+        raise SweepError(
+            f"extra argument {args[0]!r} after --: give options of tiered fit, starting with "
+            f"--KEY, e.g. -- --trainer.max_steps 100"
+        )
+    for arg in args:
+        key = arg.split("=", 1)[0].removesuffix("+")
+        for reserved, why in RESERVED.items():
+            if key == reserved or key.startswith(reserved + "."):
+                raise SweepError(f"extra argument {arg!r} after --: {why}")
+    return args
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
