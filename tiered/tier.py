@@ -47,7 +47,10 @@ class TierStats(NamedTuple):
         slots_used: how many slots hold content. Cache: ``sum_n f[n]`` with ``f`` the degree
             to which each slot has ever been written (``mark_written``); dense RAM: the
             DNC usage after this step's write, ``sum_n (u + w - u w)``, so a slot freed by
-            the free gates stops counting; sparse RAM: rows ever written; ROM and Disk: rows
+            the free gates stops counting; sparse RAM: rows ever written with any weight above 0
+            (the rows its kNN index holds; a sigmoid write gate is never exactly 0, so a
+            tick with the gate shut still marks its LRU row: a hard count, unlike the
+            Cache's soft one); ROM and Disk: rows
             stored (readable); Register: ``sum |h|`` over layers and units, the soft count
             of active units (0 for the zero state, L * S when every unit saturates). The
             soft counts equal the number of slots for one-hot writes.

@@ -358,11 +358,57 @@ def test_a_folder_made_with_other_extra_args_is_not_resumed(
     assert not (out / "base,seed=7").exists()
 
 
+def test_a_folder_made_by_the_file_with_other_args_is_not_reused_even_for_new_seeds(
+    tmp_path, capsys
+):
+    path = write_sweep(tmp_path, base=[str(STACKS / "register.yaml")], grid={}, seeds=[0, 1],
+                       metric={"name": "val/task_loss", "mode": "min"},
+                       args=["--trainer.max_steps", "4"])  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.yaml").write_text(path.read_text())
+    (tmp_path / "edited").mkdir()
+    changed = write_sweep(tmp_path / "edited", base=[str(STACKS / "register.yaml")], grid={},
+                          seeds=[0, 1], metric={"name": "val/loss", "mode": "min"},
+                          args=["--trainer.max_steps", "400"])  # fmt: skip
+    for dry_run in ([], ["--dry-run"]):
+        code = sweep_main(["run", str(changed), "--out", str(out), "--seeds", "7", *dry_run])
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == "" and len(captured.err.splitlines()) == 1
+        assert f"error: {out} was made by a sweep file with other args than {changed}" in (
+            captured.err
+        )  # the metric differs too, but decides nothing about training
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.yaml"]
+    (out / "overrides.json").write_text('{"extra_args": null}')  # unreadable: one line
+    assert sweep_main(["run", str(path), "--out", str(out), "--dry-run"]) == 2
+    assert "overrides.json: cannot be read" in capsys.readouterr().err
+
+
+def test_runs_of_other_seeds_are_kept_in_runs_json_and_the_report_lists_every_seed(tmp_path):
+    from tiered.sweeps.report import write_report
+
+    path = write_sweep(tmp_path, base=[str(STACKS / "register.yaml")], grid={}, seeds=[0],
+                       metric={"name": "val/task_loss", "mode": "min"}, args=TINY)  # fmt: skip
+    out = tmp_path / "out"
+    for seeds in (["0", "1"], ["5"]):
+        assert sweep_main(["run", str(path), "--out", str(out), "--seeds", *seeds]) == 0
+    runs = json.loads((out / "runs.json").read_text())
+    assert [r["name"] for r in runs] == ["base,seed=0", "base,seed=1", "base,seed=5"]
+    report = write_report(out).read_text()
+    assert "seeds run [0, 1, 5] (the file's: [0])" in report
+    assert "| base | " in report and "| 3 | 0 |" in report  # 3 finished, 0 failed
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--seeds", "x"], "error: --seeds: 'x' is not an integer; give distinct integers >= 0"),
-        (["--seeds", "-1"], "error: --seeds: -1 is negative"),
+        (["--seeds", "x"], "error: --seeds: 'x' is not an integer; give distinct integers from "
+         "0 to 4294967295"),
+        (["--seeds", "-1"], "error: --seeds: -1 is out of range"),
+        (["--seeds", "4294967296"], "error: --seeds: 4294967296 is out of range"),
+        (["--", "--trainer.max_steps", "3", "--", "--x"], "a second -- is given"),
+        (["--", "--trainer.enable_checkpointing", "false"], "the sweep keeps each run's "
+         "last.ckpt to resume it"),
         (["--seeds", "2", "2"], "error: --seeds: 2 is given twice"),
         (["--seeds"], "error: tiered sweep run: argument --seeds: expected at least one argument"),
         (["--workers", "two"], "argument --workers: invalid int value: 'two'"),
@@ -391,7 +437,8 @@ def test_bad_overrides_through_the_tiered_command_are_one_line_without_traceback
     )  # fmt: skip
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        "error: --seeds: -1 is negative; give distinct integers >= 0, e.g. --seeds 0 1 2"
+        "error: --seeds: -1 is out of range; give distinct integers from 0 to 4294967295, "
+        "e.g. --seeds 0 1 2"
     ]
 
 

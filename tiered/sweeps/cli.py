@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+import yaml
+
 from tiered.sweeps.report import write_report
 from tiered.sweeps.runner import read_status, run_local, run_ray
 from tiered.sweeps.spec import Run, SweepError, SweepSpec, load_sweep
@@ -82,14 +84,54 @@ def _as_extra(args: list[str] | tuple[str, ...]) -> str:
     return f"`-- {shlex.join(args)}`" if args else "none"
 
 
-def _check_folder(out: Path, runs: list[Run], statuses: dict[str, dict], extra: tuple) -> None:
+def _recorded_extra_args(path: Path) -> tuple[str, ...]:
+    """The extra arguments an ``overrides.json`` records (``SweepError`` if unreadable)."""
+    try:
+        extra = json.loads(path.read_text()).get("extra_args", [])
+        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+            raise TypeError(f"extra_args is {extra!r}, not a list of strings")
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise SweepError(
+            f"{path}: cannot be read ({error}); remove it or use another --out"
+        ) from error
+    return tuple(extra)
+
+
+# The keys of a sweep file that decide how its runs train (seeds are runs of their own, and
+# the metric only what the report reads).
+TRAINING_KEYS = ("base", "grid", "args")
+
+
+def _training_keys_changed(recorded: Path, current: Path) -> list[str]:
+    """The ``TRAINING_KEYS`` in which the file ``current`` differs from the copy ``recorded``
+    in a sweep folder."""
+    try:
+        old, new = (yaml.safe_load(p.read_text()) or {} for p in (recorded, current))
+    except (OSError, yaml.YAMLError):
+        return []  # an unreadable copy: the per-run check below still applies
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+    return [key for key in TRAINING_KEYS if old.get(key) != new.get(key)]
+
+
+def _check_folder(
+    out: Path, runs: list[Run], statuses: dict[str, dict], extra: tuple, spec_path: Path
+) -> None:
     """Refuse (``SweepError``) to resume a folder made with other extra arguments or by
     another sweep: its finished runs would be reported beside differently trained ones."""
     recorded = None
     if (out / OVERRIDES).is_file():
-        recorded = tuple(json.loads((out / OVERRIDES).read_text()).get("extra_args", []))
+        recorded = _recorded_extra_args(out / OVERRIDES)
     elif (out / "sweep.yaml").is_file():
         recorded = ()  # made before overrides were recorded, or without any
+    if (out / "sweep.yaml").is_file():
+        changed = _training_keys_changed(out / "sweep.yaml", spec_path)
+        if changed:
+            raise SweepError(
+                f"{out} was made by a sweep file with other {' and '.join(changed)} than "
+                f"{spec_path}; its runs would be reported beside differently trained ones. "
+                f"Use another --out, or the file as it was ({out / 'sweep.yaml'})"
+            )
     if recorded is not None and recorded != extra:
         raise SweepError(
             f"extra arguments after --: {out} was made with {_as_extra(recorded)}, this "
@@ -114,9 +156,15 @@ def _record(out: Path, spec: SweepSpec, file_seeds: tuple, runs: list[Run], argv
         "extra_args": list(spec.extra_args),
     }
     (out / OVERRIDES).write_text(json.dumps(overrides, indent=2))
-    (out / "runs.json").write_text(
-        json.dumps([run.__dict__ for run in runs], indent=2, default=str)
-    )
+    # Every run the folder holds: those of earlier commands (other --seeds) and these.
+    known: dict[str, dict] = {}
+    if (out / "runs.json").is_file():
+        try:
+            known = {r["name"]: r for r in json.loads((out / "runs.json").read_text())}
+        except (ValueError, TypeError, KeyError):
+            known = {}
+    known.update({run.name: json.loads(json.dumps(run.__dict__, default=str)) for run in runs})
+    (out / "runs.json").write_text(json.dumps(list(known.values()), indent=2))
 
 
 def main(argv: list[str]) -> int:
@@ -136,7 +184,7 @@ def main(argv: list[str]) -> int:
         out = args.out or Path("runs") / "sweeps" / args.file.stem
         runs = spec.runs()
         statuses = {run.name: read_status(out / run.name) for run in runs}  # read once
-        _check_folder(out, runs, statuses, spec.extra_args)
+        _check_folder(out, runs, statuses, spec.extra_args, args.file)
     except (SweepError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -125,12 +125,22 @@ def _mean_text(row: dict[str, Any]) -> str:
     return f"{row['mean']:.4g} +- {row['std']:.2g} over {_seeds(row)} seeds"
 
 
+def _seeds_run(records: list[dict[str, Any]]) -> list[int | str]:
+    """The seeds of the run folders, in order (every ``--seeds`` the folder was run with)."""
+    seeds = {int(s) if str(s).isdigit() else str(s) for s in (r["seed"] for r in records)}
+    return sorted(seeds, key=lambda s: (isinstance(s, str), str(s).zfill(20)))
+
+
 def _overrides_line(out_dir: Path) -> list[str]:
     """The command line's overrides recorded by ``tiered sweep run``, if any."""
     path = out_dir / "overrides.json"
     if not path.is_file():
         return []
-    overrides = json.loads(path.read_text())
+    try:
+        overrides = json.loads(path.read_text())
+        overrides.get("seeds")
+    except (OSError, ValueError, AttributeError):
+        return ["", f"Command-line overrides: {path} cannot be read."]
     parts = []
     if overrides.get("seeds") is not None:
         parts.append(f"seeds {overrides['seeds']}")
@@ -165,7 +175,8 @@ def write_report(out_dir: Path) -> Path:
         f"{sum(r['state'] not in ('finished', 'failed') for r in records)} other.",
         "",
         f"Sweep: base {spec.get('base')}, grid keys {sorted(spec.get('grid') or {})}, "
-        f"seeds {spec.get('seeds')}, args {spec.get('args') or []}.",
+        f"seeds run {_seeds_run(records)} (the file's: {spec.get('seeds')}), "
+        f"args {spec.get('args') or []}.",
         *_overrides_line(out_dir),
         "",
         f"| variant | mean {metric} | std | finished | failed | mean wall s per run |",

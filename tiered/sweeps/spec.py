@@ -39,7 +39,10 @@ RESERVED = {
     "--trainer.default_root_dir": "the sweep sets it to the run's folder",
     "--trainer.logger": "the sweep logs every run to CSV in its folder",
     "--trainer.enable_progress_bar": "the sweep turns it off (runs write to log.txt)",
+    "--trainer.enable_checkpointing": "the sweep keeps each run's last.ckpt to resume it",
 }
+# Lightning's seeds are 32-bit unsigned integers.
+MAX_SEED = 2**32 - 1
 
 
 class SweepError(ValueError):
@@ -133,7 +136,7 @@ class SweepSpec:
 
 def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
     """The seeds of ``--seeds`` as typed: distinct integers >= 0."""
-    valid = "give distinct integers >= 0, e.g. --seeds 0 1 2"
+    valid = f"give distinct integers from 0 to {MAX_SEED}, e.g. --seeds 0 1 2"
     if not values:
         raise SweepError(f"--seeds: no seed given; {valid}")
     seeds: list[int] = []
@@ -142,12 +145,16 @@ def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
             seed = int(value)
         except ValueError:
             raise SweepError(f"--seeds: {value!r} is not an integer; {valid}") from None
-        if seed < 0:
-            raise SweepError(f"--seeds: {seed} is negative; {valid}")
+        if not 0 <= seed <= MAX_SEED:
+            raise SweepError(f"--seeds: {seed} is out of range; {valid}")
         if seed in seeds:
             raise SweepError(f"--seeds: {seed} is given twice; {valid}")
         seeds.append(seed)
     return tuple(seeds)
+
+
+def _is_seed(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
 
 
 def check_extra_args(args: Sequence[str]) -> tuple[str, ...]:
@@ -160,6 +167,9 @@ def check_extra_args(args: Sequence[str]) -> tuple[str, ...]:
             f"--KEY, e.g. -- --trainer.max_steps 100"
         )
     for arg in args:
+        if arg == "--":
+            raise SweepError("extra arguments: a second -- is given; put every option of "
+                             "tiered fit after the first")  # fmt: skip
         key = arg.split("=", 1)[0].removesuffix("+")
         for reserved, why in RESERVED.items():
             if key == reserved or key.startswith(reserved + "."):
@@ -257,12 +267,10 @@ def _parse_sweep(path: Path, data: Any) -> SweepSpec:
             values = [str(_resolve(v, folder, "grid.config")) for v in values]
         grid[str(key)] = tuple(values)
     seeds = data.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-    ):
-        raise SweepError(f"sweep: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(_is_seed(s) for s in seeds):
+        raise SweepError(
+            f"sweep: seeds must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}"
+        )
     if len(set(seeds)) != len(seeds):
         raise SweepError(f"sweep: seeds must be distinct, got {seeds!r}")
     metric = data.get("metric")
