@@ -46,13 +46,20 @@ if TYPE_CHECKING:
     from tiered.tier import TierStats as TierStats
 
 
+# subpackages reachable as attributes (``tiered.tiers.RAM`` after ``import tiered``)
+_SUBPACKAGES = ("tiers", "controllers", "tasks", "sweeps")
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'tiered' has no attribute {name!r}")
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"tiered.{name}")
+    else:
+        raise AttributeError(f"module 'tiered' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*globals(), *_EXPORTS, *_SUBPACKAGES})

@@ -24,12 +24,32 @@ class FinalCheckpoint(Callback):
 
     Lightning's ``ModelCheckpoint`` saves at validations and epoch ends only, so a run of
     fewer steps than ``val_check_interval`` (in an epoch longer than the run) saved nothing.
-    This saves at the end of every fit that was not interrupted, in the first
+    This saves the final weights of every fit that was not interrupted, in the first
     ``ModelCheckpoint``'s folder, and points that callback's ``last_model_path`` at it (so
     ``ckpt_path="last"`` finds it). Without a ``ModelCheckpoint`` it does nothing.
+
+    A fit that reaches ``max_steps`` is saved right after its last batch, where the loops'
+    state says "mid-epoch" as it is: resuming it with a larger ``max_steps`` continues exactly
+    as an uninterrupted run would. (Saved at the end of fit, Lightning's loops would already
+    count that epoch as finished.) A fit that ends otherwise (``max_epochs``, ``max_time``,
+    early stopping) is saved at the end of fit.
     """
 
+    def __init__(self) -> None:
+        self._saved_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._saved_step = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            self._save(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._saved_step != trainer.global_step:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
         callback = trainer.checkpoint_callback
         if not isinstance(callback, ModelCheckpoint) or callback.dirpath is None:
             return
@@ -37,8 +57,9 @@ class FinalCheckpoint(Callback):
             return
         name = f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
         path = os.path.join(callback.dirpath, name)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=callback.save_weights_only)
         callback.last_model_path = path
+        self._saved_step = trainer.global_step
         rank_zero_info(f"Saved the final weights (step {trainer.global_step}) to {path}")
 
 
@@ -48,11 +69,12 @@ class StepProgressBar(TQDMProgressBar):
     With ``max_steps`` unset (-1) it counts batches per epoch, as Lightning's bar does.
 
     Args:
-        refresh_rate: update the bar every this many steps.
+        refresh_rate: update the bar every this many optimizer steps (0 disables it).
     """
 
     def __init__(self, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate)
+        self._shown = 0  # the step the bar shows
 
     @staticmethod
     def _by_steps(trainer: L.Trainer) -> bool:
@@ -64,10 +86,9 @@ class StepProgressBar(TQDMProgressBar):
             return
         bar = self.train_progress_bar
         if bar.total != trainer.max_steps:
-            bar.reset(total=trainer.max_steps)
-            bar.initial = 0
-            bar.n = trainer.global_step
             bar.set_description("train steps")
+            bar.reset(total=trainer.max_steps)
+            bar.initial = bar.n = self._shown = trainer.global_step  # a resumed run's start
             bar.refresh()
 
     def on_train_batch_end(
@@ -78,20 +99,22 @@ class StepProgressBar(TQDMProgressBar):
             return
         bar = self.train_progress_bar
         step = trainer.global_step
-        if (step % self.refresh_rate == 0 or step == bar.total) and not bar.disable:
-            bar.n = step
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            bar.refresh()
+        due = step - self._shown >= self.refresh_rate or step >= bar.total
+        if due and not bar.disable and not self.is_disabled:
+            self._show(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._by_steps(trainer):
             super().on_train_epoch_end(trainer, pl_module)
             return
+        if not self.train_progress_bar.disable and not self.is_disabled:
+            self._show(trainer, pl_module)
+
+    def _show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         bar = self.train_progress_bar
-        if not bar.disable:
-            bar.n = trainer.global_step
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            bar.refresh()
+        bar.n = self._shown = trainer.global_step
+        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        bar.refresh()
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """The metrics logged with ``prog_bar=True``, without Lightning's ``v_num``."""

@@ -120,21 +120,27 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         print(f"error: unknown command {args[0]!r}{nearest(args[0], COMMANDS)}; "
               f"`tiered --help` lists them", file=sys.stderr)  # fmt: skip
         return 2
+    command = next((a for a in args if a in COMMANDS), "fit")
+    hint = f"(`tiered {command} --help` lists the options)"
     syntax = config_syntax_error(args)
     if syntax is not None:  # before jsonargparse, which names neither the file nor the line
-        print(syntax, file=sys.stderr)
+        print(f"{syntax}\n{hint}", file=sys.stderr)
         return 2
     from tiered.config_errors import ConfigError, locate, quiet_lightning
 
     quiet_lightning()
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from tiered.lightning_cli import make_cli
 
     try:
         make_cli(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
     except ConfigError as error:
-        where = locate(error.token, args) if error.token else ""
-        command = args[0] if args and args[0] in COMMANDS else "fit"
-        print(f"{error}{where}\n(`tiered {command} --help` lists the options)", file=sys.stderr)
+        where = locate(error.token, args, error.owner) if error.token else ""
+        print(f"{error}{where}\n{hint}", file=sys.stderr)
+        return 2
+    except MisconfigurationException as error:  # Lightning's own check, e.g. at fit's start
+        print(f"error: {error}\n{hint}", file=sys.stderr)
         return 2
     return 0
 

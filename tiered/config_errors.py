@@ -29,13 +29,11 @@ _STRUCTURE = re.compile(
 _KEY = re.compile(r'^(?:- )?Parser key "([^"]+)":?$')
 _CLASS = re.compile(r"^(?:- )?Problem with given class_path '([^']+)':?$")
 _OPTION = re.compile(r"^Option '([^']+)' is not accepted")
-_NO_ATTRIBUTE = re.compile(r"^module '([^']+)' has no attribute '([^']+)'")
-_NOT_IMPORTABLE = re.compile(r"^Expected a dot import path string: (\S+)")
-_KEY_NOT_EXPECTED = re.compile(r"""^Key ["']([^"']+)["'] is not expected""")
+_NO_ATTRIBUTE = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
+_NOT_IMPORTABLE = re.compile(r"Expected a dot import path string: (\S+)")
+_NOT_ACCEPTED = re.compile(r"^Subcommand '(\w+)' does not accept option '([^']+)'")
 _UNRECOGNIZED = "unrecognized arguments: "
 
-# Modules whose public classes are the names a config may give without a module path.
-SHORT_NAME_MODULES = ("tiered.tiers", "tiered.controllers", "tiered.tasks")
 
 
 class ConfigError(Exception):
@@ -45,11 +43,14 @@ class ConfigError(Exception):
         message: the line, starting with ``error:``.
         token: the offending name as written in a config (``Cahce``, ``slotss``), used to
             find the file and line that hold it; None when there is none.
+        owner: the class whose arguments hold ``token`` (``tiered.tiers.Cache``), if known:
+            the line searched for starts at that class's entry.
     """
 
-    def __init__(self, message: str, token: str | None = None) -> None:
+    def __init__(self, message: str, token: str | None = None, owner: str | None = None) -> None:
         super().__init__(message)
         self.token = token
+        self.owner = owner
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,11 @@ def nearest(name: str, known: Iterable[str], n: int = 3) -> str:
 
 def reduce_block(message: str) -> Reduced:
     """The deepest non-structural line of a (possibly nested) jsonargparse message, with
-    the ``Parser key`` and ``class_path`` lines that enclose it."""
+    the ``Parser key`` and ``class_path`` lines that enclose it. Where several types were
+    allowed, their deepest lines are siblings: they are joined, with the value given."""
     stack: list[tuple[int, str, str]] = []  # (indent, "key" | "class", name)
-    best: tuple[int, str, list[tuple[int, str, str]]] | None = None
+    leaves: list[tuple[int, str, tuple[tuple[int, str, str], ...]]] = []
+    given: dict[tuple[tuple[int, str, str], ...], str] = {}
     for raw in message.splitlines():
         text = raw.strip()
         indent = len(raw) - len(raw.lstrip())
@@ -93,53 +96,48 @@ def reduce_block(message: str) -> Reduced:
             stack.append((indent, "key", key.group(1)))
         elif cls := _CLASS.match(text):
             stack.append((indent, "class", cls.group(1)))
-        elif not _STRUCTURE.match(text) and (best is None or indent > best[0]):
-            best = (indent, text.removeprefix("- "), list(stack))
-    if best is None:
+        elif text.startswith("Given value: "):
+            given.setdefault(tuple(stack), text.removeprefix("Given value: "))
+        elif not _STRUCTURE.match(text):
+            leaves.append((indent, text.removeprefix("- "), tuple(stack)))
+    if not leaves:
         return Reduced(message.strip().splitlines()[0] if message.strip() else message, (), ())
-    _, text, context = best
+    deepest = max(indent for indent, _, _ in leaves)
+    _, text, context = next(leaf for leaf in leaves if leaf[0] == deepest)
+    siblings = [t for i, t, c in leaves if i == deepest and c == context and
+                t != "Expected a <class 'NoneType'>"]  # fmt: skip
+    if len(siblings) > 1:
+        text = "; ".join(siblings)
+        if context in given:
+            value = given[context]
+            text += f"; got {value if len(value) <= 80 else value[:77] + '...'}"
     keys = tuple(name for _, kind, name in context if kind == "key")
     classes = tuple(name for _, kind, name in context if kind == "class")
     return Reduced(text, keys, classes)
 
 
 def short_names() -> dict[str, str]:
-    """Every public class a config may name without its module: short name -> import path."""
-    names: dict[str, str] = {"TieredModule": "tiered.TieredModule"}
-    for module_name in SHORT_NAME_MODULES:
-        module = importlib.import_module(module_name)
-        for name in getattr(module, "__all__", ()):
-            if inspect.isclass(getattr(module, name, None)) and not name.endswith(
-                ("State", "Output", "Aux", "Batch")
-            ):
-                names[name] = f"{module_name}.{name}"
+    """Every public class a config may name without its module: short name -> import path
+    (``tiered tiers`` lists the same classes)."""
+    from tiered.describe import class_path, public_classes
+
+    names = {"TieredModule": "tiered.TieredModule"}
+    for classes in public_classes().values():
+        names.update({cls.__name__: class_path(cls) for cls in classes})
     return names
 
 
 def init_arguments(class_path: str) -> list[str]:
     """The ``__init__`` argument names of the class at ``class_path`` ([] if unknown),
     following ``**kwargs`` into the base classes as jsonargparse does."""
+    from tiered.describe import arguments
+
     module_name, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError):
         return []
-    names: list[str] = []
-    for klass in getattr(cls, "__mro__", ()):
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        try:
-            parameters = inspect.signature(vars(klass)["__init__"]).parameters
-        except (ValueError, TypeError):
-            break
-        kinds = {p.kind for p in parameters.values()}
-        names += [
-            p for p, v in parameters.items()
-            if p != "self" and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p not in names
-        ]  # fmt: skip
-        if inspect.Parameter.VAR_KEYWORD not in kinds:
-            break
-    return names
+    return [arg.name for arg in arguments(cls)] if inspect.isclass(cls) else []
 
 
 def _options(parser: Any) -> list[str]:
@@ -149,43 +147,47 @@ def _options(parser: Any) -> list[str]:
 def one_line_parser_error(message: str, parser: Any = None) -> ConfigError:
     """A jsonargparse error ``message`` as one line with the nearest known names."""
     if message.startswith(_UNRECOGNIZED):
-        unknown = [a.split("=", 1)[0] for a in message[len(_UNRECOGNIZED):].split() if
-                   a.startswith("-")]  # fmt: skip
+        rest = message[len(_UNRECOGNIZED):]
+        unknown = [a.split("=", 1)[0] for a in rest.split() if a.startswith("-")]
         hints = "".join(nearest(a, _options(parser)) for a in unknown[:1])
-        return ConfigError(f"error: unrecognized arguments: {' '.join(unknown) or message}"
-                           f"{hints}", unknown[0].lstrip("-") if unknown else None)  # fmt: skip
+        return ConfigError(f"error: unrecognized arguments: {' '.join(unknown) or rest}{hints}",
+                           unknown[0].lstrip("-") if unknown else None)  # fmt: skip
+    if match := _NOT_ACCEPTED.match(message):
+        key = match.group(2)
+        known = [o.removeprefix("--") for o in _options(parser) if o.startswith("--")]
+        return ConfigError(f"error: {match.group(1)} does not accept {key!r}"
+                           f"{nearest(key, known)}", key.rpartition(".")[2])  # fmt: skip
     reduced = reduce_block(message)
     where = ".init_args.".join(reduced.keys)
     owner = reduced.classes[-1] if reduced.classes else None
     text, token, hint = reduced.message, None, ""
     if match := _OPTION.match(text):
-        token = match.group(1)
+        token = match.group(1).split(".")[0]  # 'optimzer.init_args.lr': the first key
         accepted = init_arguments(owner) if owner else []
         hint = nearest(token, accepted)
+        text = f"Option {token!r} is not accepted"
         if accepted:
             hint += f"; {owner.rpartition('.')[2]} accepts {', '.join(accepted)}"
-    elif match := _NO_ATTRIBUTE.match(text):
+    elif match := _NO_ATTRIBUTE.search(text):
         module_name, token = match.groups()
         try:
-            known = getattr(importlib.import_module(module_name), "__all__", ())
+            known = getattr(importlib.import_module(module_name), "__all__", None)
+            known = known or [n for n in dir(importlib.import_module(module_name)) if
+                              n[:1].isupper()]  # fmt: skip
         except ImportError:
-            known = ()
+            known = []
         hint = nearest(token, known)
         token = f"{module_name}.{token}"
         text = f"no class {token}"
-    elif match := _NOT_IMPORTABLE.match(text):
+    elif match := _NOT_IMPORTABLE.search(text):
         token = match.group(1)
         known = short_names()
         hint = nearest(token, [*known, *known.values()])
         text = f"no class named {token!r}"
-    elif match := _KEY_NOT_EXPECTED.match(text):
-        token = match.group(1).rpartition(".")[2]
-        hint = nearest(match.group(1), _options(parser) and [o.lstrip("-") for o in
-                                                            _options(parser)])  # fmt: skip
     context = f"{where}: " if where else ""
     if owner and not text.startswith("no class"):
         context += f"{owner}: "
-    return ConfigError(f"error: {context}{text}{hint}", token)
+    return ConfigError(f"error: {context}{text}{hint}", token, owner)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -202,18 +204,23 @@ def config_files(args: Sequence[str]) -> list[str]:
     return files + [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
 
 
-def locate(token: str, args: Sequence[str]) -> str:
+def locate(token: str, args: Sequence[str], owner: str | None = None) -> str:
     """``" (in FILE line N)"`` for the first ``--config`` file in ``args`` whose text holds
-    ``token`` as a word, else ``""``."""
+    ``token`` as a word (after the first line naming ``owner``'s class, when it has one),
+    else ``""``."""
     pattern = re.compile(rf"(?<![\w.]){re.escape(token)}(?!\w)")
+    owners = [re.compile(rf"(?<![\w]){re.escape(name)}(?!\w)") for name in
+              ([owner, owner.rpartition(".")[2]] if owner else [])]  # fmt: skip
     for name in config_files(args):
         try:
             lines = Path(name).read_text().splitlines()
         except (OSError, UnicodeDecodeError):
             continue
-        for number, line in enumerate(lines, start=1):
-            if pattern.search(line.split("#", 1)[0]):
-                return f" (in {name} line {number})"
+        code = [line.split("#", 1)[0] for line in lines]
+        start = next((i for i, line in enumerate(code) if any(o.search(line) for o in owners)), 0)
+        for number in (*range(start, len(code)), *range(start)):
+            if pattern.search(code[number]):
+                return f" (in {name} line {number + 1})"
     return ""
 
 

@@ -42,12 +42,14 @@ class Argument:
         type: its annotation as written, e.g. ``int | None``.
         default: its default as Python text, or None when it is required.
         doc: its description from the ``Args:`` section, on one line ("" if undocumented).
+        value: the default itself (``inspect.Parameter.empty`` when it is required).
     """
 
     name: str
     type: str
     default: str | None
     doc: str
+    value: Any = inspect.Parameter.empty
 
 
 def _load(path: str) -> Any:
@@ -103,7 +105,7 @@ def arguments(cls: type) -> list[Argument]:
                 else inspect.formatannotation(annotation)
             )  # fmt: skip
             default = None if p.default is p.empty else repr(p.default)
-            found.append(Argument(name, type_text, default, docs.get(name, "")))
+            found.append(Argument(name, type_text, default, docs.get(name, ""), p.default))
         if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
             break
     return found
@@ -143,12 +145,10 @@ def yaml_entry(cls: type) -> str:
     for arg in arguments(cls):
         if arg.name in LINKED and _is_controller(cls):
             continue
-        default = inspect.signature(cls).parameters.get(arg.name)
-        if default is None or default.default is default.empty:
+        if arg.value is inspect.Parameter.empty:
             init_args[arg.name] = None  # required: fill in
         else:
-            value = default.default
-            init_args[arg.name] = list(value) if isinstance(value, tuple) else value
+            init_args[arg.name] = list(arg.value) if isinstance(arg.value, tuple) else arg.value
     return yaml.safe_dump(
         [{"class_path": class_path(cls), "init_args": init_args}], sort_keys=False
     ).rstrip()

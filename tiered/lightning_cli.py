@@ -10,6 +10,7 @@ the model, so a config never writes them twice.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,16 @@ class TieredCLI(LightningCLI):
             type=bool,
             default=False,
             help="After fit, run validate (training range) and test (evaluation range) on "
-            "the checkpoint callback's best checkpoint (its newest when nothing is monitored; "
-            "last.ckpt, saved at the end of every fit, when no validation ran) and print "
-            "which checkpoint and step they evaluate.",
+            "the final weights (last.ckpt, saved at the end of every fit), or the checkpoint "
+            "callback's best when it monitors a metric, and print which checkpoint and step "
+            "they evaluate.",
         )
 
     def instantiate_classes(self) -> None:
         """Build the model, data and trainer; a constructor's range check becomes one line."""
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as error:
+        except Exception as error:
             cause = root_cause(error)
             if not _raised_by_a_check(cause):
                 raise
@@ -71,7 +72,10 @@ class TieredCLI(LightningCLI):
         config chooses its own."""
         from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
-        chosen = list(callbacks) + list(config.get("callbacks") or [])
+        configured = config.get("callbacks") or []
+        if not isinstance(configured, (list, tuple)):
+            configured = [configured]  # one callback, not a list: Lightning accepts it too
+        chosen = list(callbacks) + list(configured)
         extra: list[Any] = []
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(callback, ProgressBar) for callback in chosen
@@ -96,15 +100,28 @@ class TieredCLI(LightningCLI):
             run(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=True)
 
 
+# How tiered's argument checks begin their messages: the class, and a tier's name if any
+# ("RAM: slots must be ...", "Register 'register': input_size is ...").
+_CHECK_MESSAGE = re.compile(r"^[A-Z]\w*( '[^']*')?: ")
+
+
 def _raised_by_a_check(error: BaseException) -> bool:
-    """Whether ``error`` was raised by tiered's own code (an argument check in a tier,
-    controller, task or module constructor), not by a bug deeper down in a library."""
+    """Whether ``error`` is an argument check: one of Lightning's own
+    (``MisconfigurationException``), or a ``ValueError`` / ``TypeError`` raised in tiered's
+    own code with a message that starts with the class it checks. A bug deeper down (in a
+    library, or an error message of another shape) keeps its traceback."""
     import traceback
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     import tiered
 
+    if isinstance(error, MisconfigurationException):
+        return True
     frames = traceback.extract_tb(error.__traceback__)
     if not frames or not isinstance(error, (ValueError, TypeError)):
+        return False
+    if not _CHECK_MESSAGE.match(str(error)):
         return False
     package = Path(tiered.__file__).resolve().parent
     roots = (package, package.parent / "tiers", package.parent / "controllers")
@@ -115,23 +132,26 @@ def _raised_by_a_check(error: BaseException) -> bool:
 def evaluated_checkpoint(trainer: Any) -> tuple[str | None, str]:
     """Which weights ``--evaluate_after_fit`` evaluates, and a line that says so.
 
-    The checkpoint callback's best checkpoint (its newest when nothing is monitored), else
-    the ``last.ckpt`` that ``FinalCheckpoint`` saved, else the weights in memory.
+    With a monitored metric, the checkpoint callback's best checkpoint of this run (one in
+    its own folder: after a resume Lightning keeps the best path of the run resumed from).
+    Otherwise the ``last.ckpt`` that ``FinalCheckpoint`` saved at the end of this fit: the
+    final weights. Without either, the weights in memory.
     """
     callback = trainer.checkpoint_callback
     step = trainer.global_step
-    best = getattr(callback, "best_model_path", "") if callback is not None else ""
-    if best:
-        monitor = getattr(callback, "monitor", None)
-        score = getattr(callback, "best_model_score", None)
-        why = (
-            f"best {monitor} = {float(score):.4g}" if monitor and score is not None
-            else "the newest checkpoint saved at a validation"
-        )  # fmt: skip
-        return best, f"validating and testing {best} ({why}; training ended at step {step})"
-    last = getattr(callback, "last_model_path", "") if callback is not None else ""
+    if callback is None:
+        return None, f"validating and testing the weights in memory (step {step}; no checkpoint)"
+    monitor = getattr(callback, "monitor", None)
+    best = getattr(callback, "best_model_path", "") or ""
+    score = getattr(callback, "best_model_score", None)
+    folder = getattr(callback, "dirpath", None)
+    own = bool(best) and folder is not None and Path(best).parent == Path(folder)
+    if monitor and own and score is not None:
+        return best, (f"validating and testing {best} (best {monitor} = {float(score):.4g}; "
+                      f"training ended at step {step})")  # fmt: skip
+    last = getattr(callback, "last_model_path", "") or ""
     if last:
-        return last, f"validating and testing {last} (saved at the end of fit, step {step})"
+        return last, f"validating and testing {last} (the final weights, step {step})"
     return None, f"validating and testing the weights in memory (step {step}; no checkpoint)"
 
 

@@ -66,7 +66,10 @@ def build(args: argparse.Namespace) -> int:
     keys = load_array(args.keys, "keys")
     values = load_array(args.values, "values")
     if keys.shape[0] != values.shape[0]:
-        raise StoreError(f"rom build: {keys.shape[0]} keys but {values.shape[0]} values")
+        raise StoreError(
+            f"rom build: --keys {args.keys!r} has {keys.shape[0]} rows but --values "
+            f"{args.values!r} has {values.shape[0]}; give one value row per key row"
+        )
     out = str(args.out)
     local = "://" not in out
     if local:
@@ -77,8 +80,13 @@ def build(args: argparse.Namespace) -> int:
     # Local stores are built beside the target and renamed into place when complete, so an
     # interrupted build never leaves a half-written store under the target's name.
     target = f"{out}.building-{os.getpid()}" if local else out
-    store = KVStore.create(target, keys.shape[1], values.shape[1], dtype=args.dtype,
-                           chunk_rows=args.chunk_rows, overwrite=not local)  # fmt: skip
+    try:
+        store = KVStore.create(target, keys.shape[1], values.shape[1], dtype=args.dtype,
+                               chunk_rows=args.chunk_rows, overwrite=not local)  # fmt: skip
+    except OSError as error:
+        if local:
+            shutil.rmtree(target, ignore_errors=True)
+        raise StoreError(f"rom build: --out {out!r} cannot be written: {error}") from error
     # Appends of whole chunks: a batch that started mid-chunk would make zarr rewrite it.
     step = args.chunk_rows * max(1, 65536 // args.chunk_rows)
     total, start = keys.shape[0], time.perf_counter()
@@ -205,4 +213,7 @@ def main(argv: list[str]) -> int:
         return build(args) if args.command == "build" else info(args)
     except StoreError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file system refusal the checks above did not foresee
+        print(f"error: rom {args.command}: {error}", file=sys.stderr)
         return 2

@@ -131,6 +131,62 @@ def test_an_unknown_command_line_flag_gets_the_nearest_flags(capsys):
     assert "unknown command 'fti' (did you mean 'fit'?)" in capsys.readouterr().err
 
 
+def test_misspelled_keys_in_trainer_and_model_sections_get_the_nearest_and_the_line(
+    tmp_path, capsys
+):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  max_stepz: 3\n")
+    assert main(["fit", "--config", str(STACK), *SMALL_COPY, "--config", str(typo)]) == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert error.startswith("error: fit does not accept 'trainer.max_stepz' (did you mean "
+                            "'trainer.max_steps'")  # fmt: skip
+    assert error.endswith(f"(in {typo} line 2)")
+    bad = tmp_path / "optim.yaml"
+    bad.write_text(STACK.read_text().replace("optimizer:", "optimzer:"))
+    assert main(["fit", "--config", str(bad), *SMALL_COPY]) == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert "Option 'optimzer' is not accepted (did you mean 'optimizer'?)" in error
+    bad.write_text(STACK.read_text().replace("torch.optim.Adam", "torch.optim.Adamm"))
+    assert main(["fit", "--config", str(bad), *SMALL_COPY]) == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert error.startswith("error: model.init_args.optimizer: no class torch.optim.Adamm "
+                            "(did you mean 'Adam'")  # fmt: skip
+
+
+def test_the_line_named_is_the_one_under_the_class_the_error_is_about(tmp_path, capsys):
+    both = {"slots": 4, "width": 4, "usage_decay": 0.5}  # valid for the Cache, not the RAM
+    config = yaml.safe_load(_write(tmp_path, {"class_path": "Cache", "init_args": both})
+                            .read_text())  # fmt: skip
+    tiers = config["model"]["init_args"]["controller"]["init_args"]["tiers"]
+    tiers.append({"class_path": "RAM", "init_args": dict(both)})
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config, default_flow_style=None))
+    lines = path.read_text().splitlines()
+    ram_line = next(i for i, text in enumerate(lines, 1) if "RAM" in text)
+    assert main(["fit", "--config", str(path), *SMALL_COPY]) == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert "tiered.tiers.RAM: Option 'usage_decay' is not accepted" in error
+    line = int(error.rsplit(" line ", 1)[1].rstrip(")"))
+    assert line >= ram_line and "usage_decay" in lines[line - 1]
+
+
+def test_lightnings_own_checks_are_one_line_too(tmp_path, capsys):
+    assert main(["fit", "--config", str(STACK), *SMALL_COPY, "--trainer.max_steps", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith("error: `max_steps` must be a non-negative integer")
+    assert "Traceback" not in err
+    one = tmp_path / "one_callback.yaml"  # a single callback, not a list: Lightning takes it
+    one.write_text("trainer:\n  callbacks:\n    class_path: "
+                   "lightning.pytorch.callbacks.LearningRateMonitor\n")  # fmt: skip
+    args = ["fit", "--config", str(STACK), *SMALL_COPY, "--config", str(one),
+            "--trainer.logger", "false", "--trainer.max_steps", "1"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-2] == (
+        "error: Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger."
+    )
+
+
 def test_a_value_out_of_range_is_one_line_without_a_traceback(tmp_path, capsys):
     path = _write(tmp_path, {"class_path": "RAM", "init_args": {"slots": 0, "width": 4}})
     args = ["fit", "--config", str(path), *SMALL_COPY, "--trainer.logger", "false"]
@@ -143,19 +199,31 @@ def test_a_value_out_of_range_is_one_line_without_a_traceback(tmp_path, capsys):
 
 
 def test_only_errors_raised_by_tiereds_own_checks_become_config_errors():
+    import tiered
     from tiered.lightning_cli import _raised_by_a_check
     from tiered.validation import check_positive_int
 
     def raise_here():
-        raise ValueError("a bug in a test helper")
+        raise ValueError("RAM: slots must be ... (shaped like a check, raised in a test)")
 
+    inside = str(Path(tiered.__file__).parent / "module.py")  # as if raised in tiered's code
+
+    def raise_inside(message):
+        exec(compile(f"raise ValueError({message!r})", inside, "exec"))
+
+    calls = [
+        lambda: check_positive_int("RAM", "slots", 0),  # a check: True
+        raise_here,  # outside tiered's code: False
+        lambda: raise_inside("RAM: slots must be a positive integer"),  # True
+        lambda: raise_inside("Unknown format code 'f' for object of type 'str'"),  # a bug
+    ]
     errors = []
-    for call in (lambda: check_positive_int("RAM", "slots", 0), raise_here):
+    for call in calls:
         try:
             call()
         except ValueError as error:
             errors.append(error)
-    assert [_raised_by_a_check(e) for e in errors] == [True, False]
+    assert [_raised_by_a_check(e) for e in errors] == [True, False, True, False]
 
 
 def test_nearest_and_reduce_block_on_a_nested_jsonargparse_message():
@@ -177,6 +245,21 @@ def test_nearest_and_reduce_block_on_a_nested_jsonargparse_message():
     assert reduced.message == "Option 'slotss' is not accepted"
     assert reduced.keys == ("model", "controller", "tiers")
     assert reduced.classes[-1] == "tiered.tiers.Cache"
+    precision = """Parser key "trainer.precision":
+  Does not validate against any of the Union subtypes
+  Subtypes: [typing.Literal[64, 32, 16], typing.Literal['16-mixed', 'bf16'], <class 'NoneType'>]
+  Errors:
+    - Expected a typing.Literal[64, 32, 16]
+    - Expected a typing.Literal['16-mixed', 'bf16']
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'str'>
+  Given value: 7"""
+    reduced = reduce_block(precision)  # every allowed type, not the first one only
+    assert reduced.message == (
+        "Expected a typing.Literal[64, 32, 16]; Expected a typing.Literal['16-mixed', 'bf16']; "
+        "got 7"
+    )
+    assert reduced.keys == ("trainer.precision",)
     assert nearest("Cahce", ["Cache", "RAM", "ROM"]) == " (did you mean 'Cache'?)"
     assert nearest("zzz", ["Cache", "RAM"]) == ""
     assert nearest("cache", ["Cache"]) == " (did you mean 'Cache'?)"  # case is forgiven
@@ -214,7 +297,9 @@ def test_a_config_file_with_a_yaml_syntax_error_is_named_with_its_line(tmp_path)
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    (line,) = result.stderr.strip().splitlines()  # one line, naming the file and the line
+    # one line naming the file and the line, then the hint
+    line, hint = result.stderr.strip().splitlines()
+    assert hint == "(`tiered fit --help` lists the options)"
     assert line.startswith(f"error: --config {broken}: YAML syntax error at line 3, column")
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == [broken]
 
@@ -234,7 +319,25 @@ def test_a_run_shorter_than_val_check_interval_saves_last_and_says_what_it_evalu
     assert checkpoint["global_step"] == 2
     out = capsys.readouterr().out
     said = f"evaluate_after_fit: validating and testing {run / 'checkpoints' / 'last.ckpt'}"
-    assert said in out and "(saved at the end of fit, step 2)" in out
+    assert said in out and "(the final weights, step 2)" in out
+
+
+def test_evaluate_after_fit_takes_the_final_weights_not_an_older_validation_checkpoint(
+    tmp_path, capsys
+):
+    # 7 steps, a validation checkpoint at step 5: without a monitored metric the final
+    # weights (step 7) are evaluated, not the step-5 checkpoint.
+    short = [a if a != "3" else "9" for a in SMALL_COPY]
+    args = ["fit", "--config", str(STACK), *short, "--trainer.max_steps", "7",
+            "--trainer.val_check_interval", "5", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.callbacks+=tiered.callbacks.StepProgressBar",
+            "--trainer.callbacks.refresh_rate", "0",  # a disabled bar: no division by 0
+            "--evaluate_after_fit", "true"]  # fmt: skip
+    assert main(args) == 0
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["epoch=0-step=5.ckpt", "last.ckpt"], names
+    out = capsys.readouterr().out
+    assert f"testing {tmp_path / 'checkpoints' / 'last.ckpt'} (the final weights, step 7)" in out
 
 
 def test_a_fit_prints_steps_out_of_max_steps_and_none_of_lightnings_noise(tmp_path):
@@ -247,6 +350,6 @@ def test_a_fit_prints_steps_out_of_max_steps_and_none_of_lightnings_noise(tmp_pa
     text = result.stdout + result.stderr
     assert "train steps: 100%" in text and "4/4" in text and "train/loss=" in text
     for noise in ("💡 Tip", "LeafSpec", "FLOPs", "Flops", "v_num", "Epoch 0/-",
-                  "Trainer already configured"):  # fmt: skip
+                  "Trainer already configured", "`weights_only` was not set"):  # fmt: skip
         assert noise not in text, noise
     assert "trainable params" in text  # the model summary is still printed

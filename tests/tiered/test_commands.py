@@ -40,6 +40,7 @@ def test_help_version_rom_info_and_dry_runs_import_neither_torch_nor_lightning(t
         assert imported_after(code, tmp_path) == set(), argv
     assert imported_after("import tiered", tmp_path) == set()
     assert "torch" in imported_after("import tiered\ntiered.TieredModule", tmp_path)
+    assert "torch" in imported_after("import tiered\ntiered.tiers.RAM", tmp_path)
 
 
 def test_tiers_lists_every_tier_with_each_argument_type_default_and_doc(capsys):
@@ -72,6 +73,17 @@ def test_tiers_yaml_entry_round_trips_through_the_constructor(capsys):
     assert (cache.slots, cache.read_heads) == (5, 1)
 
 
+def test_tiers_yaml_entries_carry_inherited_defaults(capsys):
+    from tiered.tasks import Copy
+
+    assert tiers_main(["Copy", "--yaml"]) == 0
+    (entry,) = yaml.safe_load(capsys.readouterr().out)
+    args = entry["init_args"]
+    assert args["batch_size"] == 32 and args["seed"] == 0  # SequenceTask's, through **kwargs
+    assert args["lengths"] == [1, 20]
+    assert Copy(**args).batch_size == 32
+
+
 def test_tiers_with_an_unknown_name_suggests_the_nearest(capsys):
     assert tiers_main(["Cahce"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
@@ -86,13 +98,17 @@ def test_tiers_with_an_unknown_name_suggests_the_nearest(capsys):
         (["--keys", "{tmp}/flat.npy"], "--keys '{tmp}/flat.npy': must be 2-D"),
         (["--chunk-rows", "0"], "argument --chunk-rows: must be a positive integer, got '0'"),
         (["--dtype", "float7"], "argument --dtype: invalid choice: 'float7'"),
+        (["--values", "{tmp}/short.npy"], "--keys '{tmp}/keys.npy' has 6 rows but --values "
+         "'{tmp}/short.npy' has 5; give one value row per key row"),
+        (["--out", "/proc/no/such/store"], "--out '/proc/no/such/store' cannot be written"),
     ],
-    ids=["missing-file", "not-an-array", "not-2d", "chunk-rows", "dtype"],
+    ids=["missing-file", "not-an-array", "not-2d", "chunk-rows", "dtype", "rows", "out"],
 )
 def test_rom_build_input_errors_are_one_line_and_leave_nothing(argv, expected, tmp_path, capsys):
     np.save(tmp_path / "keys.npy", np.ones((6, 4), np.float32))
     np.save(tmp_path / "values.npy", np.ones((6, 2), np.float32))
     np.save(tmp_path / "flat.npy", np.ones(6, np.float32))
+    np.save(tmp_path / "short.npy", np.ones((5, 2), np.float32))
     (tmp_path / "text.npy").write_text("not an array")
     given = dict(zip(argv[::2], argv[1::2], strict=True))
     base = {"--keys": "{tmp}/keys.npy", "--values": "{tmp}/values.npy", "--out": "{tmp}/out"}

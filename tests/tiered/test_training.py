@@ -47,6 +47,30 @@ def _fit(tmp_path: Path, name: str, max_epochs: int, ckpt: Path | None = None) -
     return tmp_path / name / "checkpoints" / "last.ckpt"
 
 
+def test_a_run_stopped_by_max_steps_mid_epoch_saves_last_ckpt_as_mid_epoch(tmp_path):
+    # 3 batches per epoch: 4 steps end mid-epoch 1. last.ckpt is saved after step 4's batch,
+    # where the loops still say "mid-epoch" (saved at the end of fit, Lightning would count
+    # epoch 1 as finished), so a resume to 7 steps ends in the epoch an uninterrupted run of
+    # 7 does. Lightning replays a resumed epoch's batches from its start (docs/sweeps.md), so
+    # the weights are not the uninterrupted run's: the resume is exact only at epoch ends
+    # (the next test).
+    def fit(name: str, steps: int, ckpt: Path | None = None) -> dict:
+        args = ["fit", "--config", str(STACK), *SMALL_COPY, "--trainer.max_steps", str(steps),
+                "--trainer.default_root_dir", str(tmp_path / name), "--trainer.logger", "false"]
+        args += ["--ckpt_path", str(ckpt)] if ckpt else []  # fmt: skip
+        make_cli(args)
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
+
+    whole = fit("whole", 7)
+    first = fit("first", 4)
+    assert first["global_step"] == 4 and first["epoch"] == 1  # not counted as finished
+    resumed = fit("resumed", 7, ckpt=tmp_path / "first" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == whole["global_step"] == 7
+    assert resumed["epoch"] == whole["epoch"] == 2
+    progress = resumed["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    assert progress == whole["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+
+
 def test_stopped_and_resumed_run_ends_with_the_same_weights(tmp_path):
     uninterrupted = torch.load(_fit(tmp_path, "whole", 4), weights_only=False)
     halfway = _fit(tmp_path, "first_half", 2)
