@@ -329,7 +329,8 @@ def test_evaluate_after_fit_takes_the_final_weights_not_an_older_validation_chec
     # weights (step 7) are evaluated, not the step-5 checkpoint.
     short = [a if a != "3" else "9" for a in SMALL_COPY]
     args = ["fit", "--config", str(STACK), *short, "--trainer.max_steps", "7",
-            "--trainer.val_check_interval", "5", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.val_check_interval", "5", "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path),
             "--trainer.callbacks+=tiered.callbacks.StepProgressBar",
             "--trainer.callbacks.refresh_rate", "0",  # a disabled bar: no division by 0
             "--evaluate_after_fit", "true"]  # fmt: skip
