@@ -160,7 +160,7 @@ def test_rom_build_and_info_from_npz_and_pt(tmp_path, capsys):
     np.save(tmp_path / "short.npy", values[:10])
     assert rom_main(["build", "--keys", str(tmp_path / "kv.npz"), "--values",
                      str(tmp_path / "short.npy"), "--out", str(tmp_path / "x")]) == 2  # fmt: skip
-    assert "300 keys but 10 values" in capsys.readouterr().err
+    assert "has 300 rows but --values" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x.building-*"))
 
 
