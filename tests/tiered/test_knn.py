@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tiered.knn import ExactKNN, exact_search, normalize_rows
@@ -74,3 +75,76 @@ def test_cached_norms_follow_the_rows_that_change():
         assert torch.equal(
             index.search(memory, written, queries, 8), reference_search(memory, written, queries, 8)
         )
+
+
+def clustered_memory(slots: int, width: int = 32, seed: int = 0) -> torch.Tensor:
+    """(1, slots, width) unit rows in 16 tight clusters of a 8-dim subspace: unevenly spread
+    over the sphere, as a trained model's rows are, unlike random rows."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(8, width, generator=g)
+    centres = torch.randn(16, 8, generator=g)
+    label = torch.randint(0, 16, (slots,), generator=g)
+    rows = (centres[label] + 0.3 * torch.randn(slots, 8, generator=g)) @ basis
+    rows = rows + 0.05 * torch.randn(slots, width, generator=g)
+    return normalize_rows(rows).unsqueeze(0)
+
+
+def recall_at_k(found: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean share of the exact top-k rows (B, h, k) that ``found`` (B, h, k) holds too."""
+    hits = [len(set(f.tolist()) & set(e.tolist())) for f, e in zip(found[0], exact[0], strict=True)]
+    return sum(hits) / exact[0].numel()
+
+
+def test_a_quantiser_trained_on_the_memory_finds_the_neighbours_a_random_one_misses():
+    pytest.importorskip("faiss")
+    from tiered.knn import FaissKNN, load_faiss
+
+    memory = clustered_memory(2048)
+    written = torch.ones(1, 2048, dtype=torch.bool)
+    g = torch.Generator().manual_seed(1)
+    queries = memory[:, torch.randint(0, 2048, (64,), generator=g)]
+    queries = queries + 0.1 * torch.randn(queries.shape, generator=g)
+    exact = exact_search(memory, written, queries, 8)
+    recall = {}
+    for train_on in ("random", "memory"):
+        index = FaissKNN(load_faiss(), 1, 2048, 32, nprobe=2, exhaustive_rows=64,
+                         train_on=train_on)  # fmt: skip
+        index.rebuild(memory, written)
+        recall[train_on] = recall_at_k(index.search(memory, written, queries, 8), exact)
+    assert recall["memory"] >= 0.95 and recall["memory"] >= recall["random"] + 0.1, recall
+
+
+def test_the_quantiser_is_trained_again_each_time_the_rows_held_double():
+    pytest.importorskip("faiss")
+    from tiered.knn import FaissKNN, load_faiss
+
+    slots, width = 1024, 32
+    memory = clustered_memory(slots, width)
+    written = torch.zeros(1, slots, dtype=torch.bool)
+    index = FaissKNN(load_faiss(), 1, slots, width, nprobe=32, exhaustive_rows=40)
+    random_index = FaissKNN(load_faiss(), 1, slots, width, nprobe=32, exhaustive_rows=40,
+                            train_on="random")  # fmt: skip
+    index.rebuild(memory, written)
+    random_index.rebuild(memory, written)
+    trained = []
+    for start in range(0, slots, 30):  # 30 rows written per update, as a RAM writes them
+        rows = torch.arange(start, min(start + 30, slots)).unsqueeze(0)
+        written[0, rows] = True
+        for each in (index, random_index):
+            each.update(memory, rows, torch.ones_like(rows, dtype=torch.bool))
+        trained.append(int(index.trained_at[0]))
+    # nlist = 32: first trained past 40 rows (at 60), then at 120, 240, 480 and 960 rows
+    assert sorted(set(trained)) == [0, 60, 120, 240, 480, 960], sorted(set(trained))
+    assert int(random_index.trained_at[0]) == 0
+    queries = memory[:, :16] + 0.05
+    # every list visited (nprobe = nlist): exact, so every row was re-added after training
+    assert torch.equal(index.search(memory, written, queries, 8),
+                       exact_search(memory, written, queries, 8))  # fmt: skip
+
+
+def test_an_unknown_train_on_names_the_choices():
+    pytest.importorskip("faiss")
+    from tiered.knn import FaissKNN, load_faiss
+
+    with pytest.raises(ValueError, match="RAM: train_on must be one of 'memory', 'random'"):
+        FaissKNN(load_faiss(), 1, 64, 8, nprobe=2, train_on="kmeans")
