@@ -51,6 +51,8 @@ class TierAux(NamedTuple):
         slots_used: slots holding content.
         value_reads: value rows read from a key/value store (ROM, Disk).
         cache_hits: of those, served without a store read.
+        recall_checked: exact nearest rows checked against the kNN index (sparse RAM).
+        recall_hits: of those, returned by the index.
     """
 
     rewrite: Tensor
@@ -61,6 +63,8 @@ class TierAux(NamedTuple):
     slots_used: Tensor
     value_reads: Tensor
     cache_hits: Tensor
+    recall_checked: Tensor
+    recall_hits: Tensor
 
 
 class ControllerOutput(NamedTuple):

@@ -151,15 +151,15 @@ class TieredModule(L.LightningModule):
     ) -> None:
         """Log each tier's penalty (already a mean over real steps) and its statistics, each
         averaged over the real steps (B, T) like the penalty; for tiers with a value cache,
-        the hit rate over the window's real steps (hits / value rows read, 0 when none)."""
+        the hit rate over the window's real steps (hits / value rows read, 0 when none); for
+        tiers that sample their index's recall, the recall over the sampled real steps (only
+        in a batch that holds one)."""
         on_step = stage == "train"
         B = steps.shape[0]
         real = steps.sum().clamp_min(1)
-        caches = {
-            module.name
-            for module in self.controller.modules()
-            if isinstance(module, Tier) and module.has_value_cache
-        }
+        tiers = [module for module in self.controller.modules() if isinstance(module, Tier)]
+        caches = {tier.name for tier in tiers if tier.has_value_cache}
+        sampled = {tier.name for tier in tiers if tier.samples_recall}
         values = {}
         for name, record in aux.items():
             mask = steps.to(record.rewrite.dtype)  # (B, T), 1 on real steps
@@ -171,6 +171,11 @@ class TieredModule(L.LightningModule):
                 hits = (record.cache_hits.detach() * mask).sum()
                 reads = (record.value_reads.detach() * mask).sum()
                 values[f"{stage}/cache_hit_rate/{name}"] = hits / reads.clamp_min(1)
+            if name in sampled:
+                checked = (record.recall_checked.detach() * mask).sum()
+                if checked.item() > 0:  # a batch with a sampled step: recall@k found there
+                    found = (record.recall_hits.detach() * mask).sum()
+                    values[f"{stage}/recall/{name}"] = found / checked
         self.log_dict(
             values, on_step=on_step, on_epoch=not on_step, batch_size=B, sync_dist=not on_step
         )

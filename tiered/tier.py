@@ -59,6 +59,11 @@ class TierStats(NamedTuple):
         cache_hits: how many of ``value_reads`` were served without a store read: from the
             LRU value cache (held since an earlier step) or, with ``values_in_memory``,
             from memory. The hit rate is ``cache_hits / value_reads``.
+        recall_checked: how many of the exact k nearest rows of this step's content queries
+            were computed to check the kNN index (the sparse RAM with ``recall_every``, on
+            its sampled steps); 0 otherwise.
+        recall_hits: how many of those the index returned too. The sampled recall@k is
+            ``recall_hits / recall_checked``.
     """
 
     rewrite: Tensor
@@ -68,6 +73,8 @@ class TierStats(NamedTuple):
     slots_used: Tensor
     value_reads: Tensor
     cache_hits: Tensor
+    recall_checked: Tensor
+    recall_hits: Tensor
 
 
 def read_entropy(weights: Tensor) -> Tensor:
@@ -97,6 +104,8 @@ def tier_stats(
     slots_used: Tensor,
     value_reads: Tensor | None = None,
     cache_hits: Tensor | None = None,
+    recall_checked: Tensor | None = None,
+    recall_hits: Tensor | None = None,
 ) -> TierStats:
     """A step's ``TierStats``: everything but ``rewrite`` detached; ``wrote`` is
     ``write_mass > ACCESS_THRESHOLD``.
@@ -108,6 +117,8 @@ def tier_stats(
         slots_used: (B,) slots holding content.
         value_reads: (B,) value rows read from a store; None: 0 (no store).
         cache_hits: (B,) of those, served without a store read; None: 0.
+        recall_checked: (B,) exact neighbours checked against the index; None: 0.
+        recall_hits: (B,) of those, returned by the index; None: 0.
 
     Returns:
         The ``TierStats``, every field (B,) in ``rewrite``'s dtype.
@@ -123,6 +134,8 @@ def tier_stats(
         slots_used=slots_used.detach().to(dtype),
         value_reads=zero if value_reads is None else value_reads.detach().to(dtype),
         cache_hits=zero if cache_hits is None else cache_hits.detach().to(dtype),
+        recall_checked=zero if recall_checked is None else recall_checked.detach().to(dtype),
+        recall_hits=zero if recall_hits is None else recall_hits.detach().to(dtype),
     )
 
 
@@ -196,6 +209,9 @@ class Tier(nn.Module, abc.ABC):
         # Whether the tier reads values through an LRU value cache (ROM, Disk), so that the
         # training module logs its hit rate, ``cache_hits / value_reads`` of its stats.
         self.has_value_cache = False
+        # Whether the tier samples its kNN index's recall (``recall_checked`` and
+        # ``recall_hits``): the training module then logs ``recall/<name>``.
+        self.samples_recall = False
 
     @property
     def current_stage(self) -> str:

@@ -55,6 +55,10 @@ class RAM(Tier):
         faiss_threads: OpenMP threads FAISS may use. Each search handles only R queries per
             batch element, so 1 (the default) is as fast and never spin-waits against
             torch's threads on shared cores.
+        recall_every: sparse mode: every this many steps, check the rows the kNN index
+            returned for the content queries against exact search over every written row
+            (O(B R N W) on that step); the training module logs the share found as
+            ``<stage>/recall/<name>``, so a lossy index shows. 0 (the default) never checks.
         rewrite_penalty: lambda, the weight of the erased content in the loss.
         period: the RAM writes only on every ``period``-th step; reads are served, and free
             gates release slots, every step.
@@ -73,6 +77,7 @@ class RAM(Tier):
         index: str = "auto",
         nprobe: int = 8,
         faiss_threads: int = 1,
+        recall_every: int = 0,
         rewrite_penalty: float = 0.0,
         period: int = 1,
         name: str | None = None,
@@ -91,6 +96,8 @@ class RAM(Tier):
         self.index = check_choice("RAM", "index", index, ("auto", "exact", "faiss"))
         self.nprobe = check_positive_int("RAM", "nprobe", nprobe)
         self.faiss_threads = check_positive_int("RAM", "faiss_threads", faiss_threads)
+        self.recall_every = check_non_negative_int("RAM", "recall_every", recall_every)
+        self.samples_recall = self.sparse and self.recall_every > 0
         if self.sparse and self.write_heads != 1:
             raise ValueError(
                 f"RAM: sparse mode has one write head, got write_heads={write_heads}; "
@@ -226,19 +233,23 @@ class RAM(Tier):
         tick = write_ticks(state.clock, self.period)  # (B,)
         if self.sparse:
             state.tape.check_newest(state.token, f"RAM '{self.name}'")  # type: ignore[union-attr]
-            words, next_state, erased, mass, in_use = sparse_step(
+            check = self.samples_recall and int(state.clock[0]) % self.recall_every == 0
+            words, next_state, erased, mass, in_use, recall = sparse_step(
                 interface, state, width=self.width, read_heads=self.read_heads, k=self.k,
-                tick=tick,
+                tick=tick, check_recall=check,
             )  # type: ignore[arg-type]  # fmt: skip
         else:
             words, next_state, erased, mass, in_use = dense_step(
                 interface, state, width=self.width, read_heads=self.read_heads,
                 write_heads=self.write_heads, tick=tick,
             )  # type: ignore[arg-type]  # fmt: skip
+            recall = None
         # read weights: (B, R, N) dense, (B, R, K) sparse, so O(R K) per step there
+        checked, hits = recall if recall is not None else (None, None)
         stats = tier_stats(
-            erased, write_mass=mass, read_weights=next_state.read_weights, slots_used=in_use
-        )
+            erased, write_mass=mass, read_weights=next_state.read_weights, slots_used=in_use,
+            recall_checked=checked, recall_hits=hits,
+        )  # fmt: skip
         return TierOutput(words, next_state, stats)
 
     def extra_repr(self) -> str:

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from tiered.knn import exact_search
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.sparse_links import (
     LinkTables,
@@ -246,14 +247,25 @@ def mix_link_reads(
 
 
 def sparse_step(
-    interface: Tensor, state: SparseRAMState, *, width: int, read_heads: int, k: int, tick: Tensor
-) -> tuple[Tensor, SparseRAMState, Tensor, Tensor, Tensor]:
+    interface: Tensor,
+    state: SparseRAMState,
+    *,
+    width: int,
+    read_heads: int,
+    k: int,
+    tick: Tensor,
+    check_recall: bool = False,
+) -> tuple[Tensor, SparseRAMState, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     """One step: write (on ticks), update the links, then read K rows per head.
+
+    With ``check_recall`` the rows the index returned for the content queries are checked
+    against exact search (``index_recall``): O(B N W) on that step.
 
     Returns:
         words (B, R * W), the next state, the erased content (B,), the write mass
-        ``sum_c w_c`` over the written rows (B,) (0 off ticks; detached) and the rows ever
-        written (B,).
+        ``sum_c w_c`` over the written rows (B,) (0 off ticks; detached), the rows ever
+        written (B,), and with ``check_recall`` the exact neighbours checked and the hits
+        (B,) each, else None.
     """
     tape: SparseTape = state.tape
     links = tape.links
@@ -282,6 +294,7 @@ def sparse_step(
         )
 
     indices = tape.index.search(tape.memory, tape.written, p.read_keys, k)  # (B, R, K)
+    recall = index_recall(tape, p.read_keys, indices, k) if check_recall else None
     words, read_weights, token = gather_read(tape, token, indices, p.read_keys, p.read_strengths)
     if links is not None:
         forward = follow_links(links, state.read_indices, state.read_weights, forward=True)
@@ -307,4 +320,20 @@ def sparse_step(
     )
     tape.advance(token)
     mass = weights.detach().sum(dim=1)  # (B,)
-    return words.reshape(B, -1), next_state, erased, mass, tape.in_use.to(interface.dtype)
+    in_use = tape.in_use.to(interface.dtype)
+    return words.reshape(B, -1), next_state, erased, mass, in_use, recall
+
+
+def index_recall(tape: SparseTape, queries: Tensor, found: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """How many of the exact k nearest written rows of ``queries`` (B, R, W) exist, and how
+    many of them the index returned in ``found`` (B, R, k): (B,) each, detached.
+
+    Exact search over every written row (``tiered.knn.exact_search``), O(B R N W): meant for
+    a sampled step, not every step.
+    """
+    with torch.no_grad():
+        exact = exact_search(tape.memory, tape.written, queries.detach(), k)  # (B, R, k)
+        valid = exact >= 0
+        # (B, R, k, k): exact row i among the rows found
+        hit = (exact.unsqueeze(-1) == found.unsqueeze(-2)).any(dim=-1) & valid
+        return valid.sum(dim=(1, 2)), hit.sum(dim=(1, 2))

@@ -316,7 +316,7 @@ def _usage_stack(tmp_path: Path, input_size: int, output_size: int) -> LSTMContr
     tiers = [
         Cache(5, 4),
         RAM(7, 4, read_heads=2, sparse=False),
-        RAM(1100, 4, read_heads=2, k=3, name="sparse"),
+        RAM(1100, 4, read_heads=2, k=3, name="sparse", recall_every=2),  # exact index
         ROM(str(tmp_path / "rom"), k=3),
         Disk(str(tmp_path / "disk"), 4, 3, k=2, period=2),
     ]
@@ -354,6 +354,9 @@ def test_training_logs_how_each_tier_is_used_and_no_head_counts(tmp_path):
         assert logged[f"{stage}/read_entropy/register"] == 0
         assert logged[f"{stage}/write_mass/rom"] == 0 and logged[f"{stage}/slots_used/rom"] == 40
         assert logged[f"{stage}/slots_used/sparse"] >= 1
+        # only the sparse RAM samples its index's recall; exact search finds every row
+        assert {k for k in logged if k.startswith(f"{stage}/recall/")} == {f"{stage}/recall/sparse"}
+        assert logged[f"{stage}/recall/sparse"] == 1
     assert 0 < logged["train/wrote/disk"] < 1  # a tick every 2nd step, appends in training
     assert logged["val/wrote/disk"] == 0  # validation reads the Disk without appending
     assert logged["train/cache_hit_rate/rom"] > 0  # 40 rows: later steps find rows held

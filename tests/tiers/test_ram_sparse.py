@@ -552,3 +552,70 @@ def test_a_backward_pass_that_stops_early_does_not_leak_into_the_next(links):
     after_partial = torch.autograd.grad(reads, inputs, g)
     for a, b in zip(after_partial, clean, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def _stats_over(ram: RAM, steps: int, batch: int = 3, seed: int = 0) -> list:
+    """The TierStats of ``steps`` forward steps on random interfaces."""
+    g = torch.Generator().manual_seed(seed)
+    state = ram.initial_state(batch, torch.device("cpu"), torch.float64)
+    stats = []
+    for _ in range(steps):
+        out = ram(torch.randn(batch, ram.interface_size, generator=g, dtype=torch.float64), state)
+        state = out.state
+        stats.append(out.stats)
+    return stats
+
+
+def test_recall_is_checked_every_recall_every_steps_and_is_exact_for_the_exact_index():
+    ram = RAM(64, 5, read_heads=2, k=3, links=0, sparse=True, index="exact",
+              recall_every=3).double()  # fmt: skip
+    assert ram.samples_recall
+    stats = _stats_over(ram, 7)
+    checked = [float(s.recall_checked.sum()) for s in stats]
+    hits = [float(s.recall_hits.sum()) for s in stats]
+    # steps 0, 3 and 6 (a step writes before it reads: step 0 has one row to find)
+    assert [c > 0 for c in checked] == [True, False, False, True, False, False, True]
+    assert checked[0] == 3 * 2 * 1  # batch 3, 2 heads, 1 written row each
+    assert hits == checked  # exact search finds every exact neighbour
+    assert checked[3] == 3 * 2 * 3  # batch 3, 2 heads, k 3: enough rows written by step 3
+    assert not RAM(64, 5, sparse=True, index="exact").samples_recall  # recall_every 0
+    assert not RAM(64, 5, sparse=False, recall_every=3).samples_recall  # dense: no index
+
+
+def test_index_recall_counts_the_exact_neighbours_the_index_missed():
+    from tiered.tiers.ram_sparse import index_recall
+
+    ram = RAM(32, 4, read_heads=1, k=2, links=0, sparse=True, index="exact").double()
+    g = torch.Generator().manual_seed(3)
+    state = ram.initial_state(2, torch.device("cpu"), torch.float64)
+    for _ in range(6):
+        state = ram(torch.randn(2, ram.interface_size, generator=g, dtype=torch.float64),
+                    state).state  # fmt: skip
+    tape = state.tape
+    queries = torch.randn(2, 1, 4, generator=g, dtype=torch.float64)
+    exact = exact_search(tape.memory, tape.written, queries, 2)
+    checked, hits = index_recall(tape, queries, exact, 2)
+    assert torch.equal(hits, checked) and torch.equal(checked, (exact >= 0).sum(dim=(1, 2)))
+    wrong = torch.full_like(exact, -1)  # an index that returns nothing
+    assert torch.equal(index_recall(tape, queries, wrong, 2)[1], torch.zeros(2, dtype=torch.long))
+    half = exact.clone()
+    half[..., 1] = -1  # the second neighbour missed
+    assert torch.equal(index_recall(tape, queries, half, 2)[1], (exact[..., 0] >= 0).sum(dim=1))
+
+
+def test_sampled_recall_shows_a_lossy_index():
+    pytest.importorskip("faiss")
+    ram = RAM(4096, 8, read_heads=2, k=4, links=0, sparse=True, index="faiss", nprobe=1,
+              recall_every=1).double()  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    state = ram.initial_state(2, torch.device("cpu"), torch.float64)
+    state.tape.index.exhaustive_rows = 0  # the IVF lists answer from the first row on
+    state.tape.index.capacity = 0
+    checked = hits = 0.0
+    for _ in range(200):
+        out = ram(torch.randn(2, ram.interface_size, generator=g, dtype=torch.float64), state)
+        state = out.state
+        checked += float(out.stats.recall_checked.sum())
+        hits += float(out.stats.recall_hits.sum())
+    assert checked == 200 * 2 * 2 * 4 - 2 * 2 * (3 + 2 + 1)  # all but the first 3 steps' gaps
+    assert 0 < hits < checked  # 1 of 64 lists visited per query: some neighbours missed
