@@ -179,7 +179,8 @@ def test_lightnings_own_checks_are_one_line_too(tmp_path, capsys):
     one.write_text("trainer:\n  callbacks:\n    class_path: "
                    "lightning.pytorch.callbacks.LearningRateMonitor\n")  # fmt: skip
     args = ["fit", "--config", str(STACK), *SMALL_COPY, "--config", str(one),
-            "--trainer.logger", "false", "--trainer.max_steps", "1"]  # fmt: skip
+            "--trainer.logger", "false", "--trainer.max_steps", "1",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-2] == (
