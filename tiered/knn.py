@@ -296,13 +296,15 @@ class FaissKNN(KNNIndex):
         for b, index in enumerate(self.indexes):
             index.reset()
             rows = torch.nonzero(written[b]).flatten()
-            if len(rows):
-                ids = rows.cpu().numpy().astype(np.int64)
+            if not len(rows):
+                continue
+            ids = rows.cpu().numpy().astype(np.int64)
+            self._hold(b, ids)
+            if self._due(b):  # train on these rows, then add them once
+                self._train_on_memory(b, memory)
+            else:
                 vectors = normalize_rows(memory[b, rows].detach()).float().cpu().numpy()
                 index.add_with_ids(np.ascontiguousarray(vectors), ids)
-                self._hold(b, ids)
-            if self._due(b):
-                self._train_on_memory(b, memory)
 
     def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
         rows_cpu = rows.cpu().numpy()
