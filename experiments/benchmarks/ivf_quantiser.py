@@ -2,7 +2,7 @@
 
 Two memories of unit rows (width 64), all written: random rows, and rows in 32 clusters of a
 16-dimensional subspace (spread unevenly over the sphere, as a trained model's rows are).
-Queries: random vectors, and stored rows plus noise. For each, ``tiered.knn.FaissKNN`` with
+Queries: random vectors, and stored rows plus noise. For each, ``tiered.knn_faiss.FaissKNN`` with
 ``train_on="random"`` and ``"memory"`` at nprobe 8 and 32, side by side in one run: recall@8
 against exact search, the share of noisy queries whose source row is among the 8 found, the
 largest inverted list, and the search time for 256 queries.
@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_markdown
 
-from tiered.knn import FaissKNN, exact_search, load_faiss, normalize_rows, set_faiss_threads
+from tiered.knn import exact_search, load_faiss, normalize_rows, set_faiss_threads
+from tiered.knn_faiss import FaissKNN
 
 RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
 WIDTH, QUERIES, K = 64, 256, 8
@@ -102,7 +103,7 @@ def main() -> None:
         "1 FAISS thread. Noisy rows: a stored row plus Gaussian noise of total norm ~0.5",
         "(0.5 / sqrt(width) per coordinate) on unit rows. Made by",
         "`experiments/benchmarks/ivf_quantiser.py`; the quantiser trained on the memory is",
-        "`tiered.knn.FaissKNN`'s default since issue 13.",
+        "`tiered.knn_faiss.FaissKNN`'s default since issue 13.",
         "",
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),

@@ -2,8 +2,8 @@
 
 Issue 13, item 1. N random unit rows of width W, all written, searched by every candidate
 with the same queries: "exact" (``tiered.knn.ExactKNN``); "faiss-random" / "faiss-memory"
-(``tiered.knn.FaissKNN``, nprobe 8, quantiser trained once on random unit vectors / on the
-memory's rows where FaissKNN has ``train_on``); "ivf-memory" (IVF-Flat built here, trained on
+(``tiered.knn_faiss.FaissKNN``, nprobe 8, quantiser trained once on random unit vectors /
+on the memory's rows); "ivf-memory" (IVF-Flat built here, trained on
 up to 39 nlist of the memory's rows, nprobe in --nprobe and nlist / 8); "hnswlib" (if
 installed; a row is replaced in place by ``add_items`` with its label); "faiss-hnsw"
 (IndexHNSWFlat, for reference: it cannot remove rows). Each is measured for recall@k,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import math
 import os
 import re
@@ -36,14 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_markdown
 
-from tiered.knn import ExactKNN, FaissKNN, load_faiss
+from tiered.knn import ExactKNN, load_faiss
+from tiered.knn_faiss import FaissKNN
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 STRENGTHS = (1.0, 10.0)
 UPDATE_ROWS = 64
 FAMILIES = ("faiss-random", "faiss-memory", "ivf-memory", "hnswlib", "faiss-hnsw")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*(e[-+]?\d+)?|nan|inf)")
-HAS_TRAIN_ON = "train_on" in inspect.signature(FaissKNN).parameters
 
 
 def unit_rows(n: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,9 +150,8 @@ def build_exact(rows: np.ndarray) -> Built:
 
 
 def build_tiered_faiss(faiss, rows: np.ndarray, train_on: str, nprobe: int = 8) -> Built:
-    """tiered's FaissKNN as the RAM builds it (``train_on`` where the option exists)."""
-    options = {"train_on": train_on} if HAS_TRAIN_ON else {}
-    knn = FaissKNN(faiss, 1, len(rows), rows.shape[1], nprobe, **options)
+    """tiered's FaissKNN as the RAM builds it, its quantiser trained on ``train_on``."""
+    knn = FaissKNN(faiss, 1, len(rows), rows.shape[1], nprobe, train_on=train_on)
     size = lambda knn: len(faiss.serialize_index(knn.indexes[0]))  # noqa: E731
     return build_tiered(knn, rows, f"faiss-{train_on} (tiered)", [nprobe], size)
 
@@ -300,7 +298,7 @@ def builders(args, faiss, hnswlib, n: int) -> list[Callable[[np.ndarray], Built]
     out: list[Callable[[np.ndarray], Built]] = [build_exact]
     if faiss is not None and "faiss-random" in chosen:
         out.append(lambda r: build_tiered_faiss(faiss, r, "random"))
-    if faiss is not None and "faiss-memory" in chosen and HAS_TRAIN_ON:
+    if faiss is not None and "faiss-memory" in chosen:
         out.append(lambda r: build_tiered_faiss(faiss, r, "memory"))
     if faiss is not None and "ivf-memory" in chosen:
         nprobes = nprobe_values(ivf_nlist(n), args.nprobe)

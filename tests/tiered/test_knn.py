@@ -97,7 +97,7 @@ def recall_at_k(found: torch.Tensor, exact: torch.Tensor) -> float:
 
 def test_a_quantiser_trained_on_the_memory_finds_the_neighbours_a_random_one_misses():
     pytest.importorskip("faiss")
-    from tiered.knn import FaissKNN, load_faiss
+    from tiered.knn_faiss import FaissKNN, load_faiss
 
     memory = clustered_memory(2048)
     written = torch.ones(1, 2048, dtype=torch.bool)
@@ -116,7 +116,7 @@ def test_a_quantiser_trained_on_the_memory_finds_the_neighbours_a_random_one_mis
 
 def test_the_quantiser_is_trained_again_each_time_the_rows_held_double():
     pytest.importorskip("faiss")
-    from tiered.knn import FaissKNN, load_faiss
+    from tiered.knn_faiss import FaissKNN, load_faiss
 
     slots, width = 1024, 32
     memory = clustered_memory(slots, width)
@@ -144,7 +144,7 @@ def test_the_quantiser_is_trained_again_each_time_the_rows_held_double():
 
 def test_an_unknown_train_on_names_the_choices():
     pytest.importorskip("faiss")
-    from tiered.knn import FaissKNN, load_faiss
+    from tiered.knn_faiss import FaissKNN, load_faiss
 
     with pytest.raises(ValueError, match="RAM: train_on must be one of 'memory', 'random'"):
         FaissKNN(load_faiss(), 1, 64, 8, nprobe=2, train_on="kmeans")

@@ -10,7 +10,8 @@ import torch
 from torch.autograd import gradcheck
 
 from tiered import detach_state
-from tiered.knn import FaissKNN, exact_search, load_faiss, resolve_backend
+from tiered.knn import exact_search, load_faiss, resolve_backend
+from tiered.knn_faiss import FaissKNN
 from tiered.tiers import RAM
 from tiered.tiers.ram_sparse import SparseRAMState, unique_rows
 from tiered.tiers.ram_sparse_reference import reference_initial_state, reference_step
