@@ -267,9 +267,9 @@ def test_a_training_that_outlives_a_killed_sweep_is_not_started_twice(tmp_path):
     assert sweep_main(["run", str(path), "--out", str(out), "--workers", "1"]) != 0
     assert (run_dir / "log.txt").read_text().count("=== attempt") == 1  # not started again
     os.kill(child_pid, signal.SIGTERM)
-    deadline = time.time() + 120
-    while time.time() < deadline and _alive(child_pid):
-        time.sleep(0.2)
+    # Wait for the lock, not the process: a killed process's main thread turns zombie while
+    # its other threads still hold its files, and with them the lock, for a moment longer.
+    assert _lock_frees(run_dir, seconds=120), "the stopped training still holds the lock"
     assert sweep_main(["run", str(path), "--out", str(out), "--workers", "1"]) == 0
     assert read_status(run_dir)["state"] == "finished"
 
@@ -287,12 +287,22 @@ def _fit_pid(run_dir: Path) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+def _lock_frees(run_dir: Path, seconds: float) -> bool:
+    """Whether the run folder's lock can be taken (and is given back) within ``seconds``."""
+    from tiered.storage import StoreLockedError, WriterLock
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            lock = WriterLock.acquire(str(run_dir / "run"))
+        except StoreLockedError:
+            if time.time() > deadline:
+                return False
+            time.sleep(0.2)
+            continue
+        if lock is not None:
+            lock.release()
+        return True
 
 
 def test_command_line_seeds_and_extra_args_reach_every_run_and_are_recorded(tmp_path, capsys):
