@@ -6,11 +6,14 @@
   shows the loss, without Lightning's ``v_num``.
 - ``TieredModelSummary``: the layer table without a FLOPs column and total that are always
   0 (Lightning counts FLOPs only for a model with an ``example_input_array``).
+
+and one a config may add: ``StepTimer``, which logs the wall time of each training step.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,3 +182,23 @@ def summary_table(
         totals.append((f"{total_flops:,}", "FLOPs"))
     rows += [f"{value:<12}{what}" for value, what in totals]
     return "\n".join(rows)
+
+
+class StepTimer(Callback):
+    """Log the wall time of each training batch (forward, backward and optimizer step) as
+    ``train/step_seconds``, so that the cost of a step can be followed as a run's sequences
+    grow (e.g. under a curriculum) or its memory fills."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        if self._start is not None:
+            seconds = time.perf_counter() - self._start
+            pl_module.log("train/step_seconds", seconds, on_step=True, on_epoch=False)
+            self._start = None

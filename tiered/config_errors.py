@@ -35,7 +35,6 @@ _NOT_ACCEPTED = re.compile(r"^Subcommand '(\w+)' does not accept option '([^']+)
 _UNRECOGNIZED = "unrecognized arguments: "
 
 
-
 class ConfigError(Exception):
     """A config or command-line error, worded as the one line to print.
 
@@ -147,7 +146,7 @@ def _options(parser: Any) -> list[str]:
 def one_line_parser_error(message: str, parser: Any = None) -> ConfigError:
     """A jsonargparse error ``message`` as one line with the nearest known names."""
     if message.startswith(_UNRECOGNIZED):
-        rest = message[len(_UNRECOGNIZED):]
+        rest = message[len(_UNRECOGNIZED) :]
         unknown = [a.split("=", 1)[0] for a in rest.split() if a.startswith("-")]
         hints = "".join(nearest(a, _options(parser)) for a in unknown[:1])
         return ConfigError(f"error: unrecognized arguments: {' '.join(unknown) or rest}{hints}",

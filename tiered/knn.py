@@ -197,15 +197,23 @@ def resolve_backend(index: str, slots: int, device: torch.device) -> str:
     return "faiss"
 
 
-def make_index(backend: str, batch_size: int, slots: int, width: int, nprobe: int = 8) -> KNNIndex:
-    """An empty index of the resolved ``backend`` ("exact" or "faiss")."""
+def make_index(
+    backend: str,
+    batch_size: int,
+    slots: int,
+    width: int,
+    nprobe: int = 8,
+    exhaustive_rows: int = EXHAUSTIVE_ROWS,
+) -> KNNIndex:
+    """An empty index of the resolved ``backend`` ("exact" or "faiss"); a FAISS index
+    searches exactly while it holds at most ``exhaustive_rows`` rows."""
     check_positive_int("RAM", "nprobe", nprobe)
     if backend == "faiss":
         from tiered.knn_faiss import FaissKNN
 
         faiss = load_faiss()
         assert faiss is not None
-        return FaissKNN(faiss, batch_size, slots, width, nprobe)
+        return FaissKNN(faiss, batch_size, slots, width, nprobe, exhaustive_rows=exhaustive_rows)
     return ExactKNN()
 
 

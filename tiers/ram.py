@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tiered.knn import make_index, resolve_backend, set_faiss_threads
+from tiered.knn import EXHAUSTIVE_ROWS, make_index, resolve_backend, set_faiss_threads
 from tiered.tier import Tier, TierOutput, head_slices, tier_stats, write_ticks
 from tiered.tiers.ram_dense import RAMState, dense_step, ram_interface_size
 from tiered.tiers.ram_sparse import (
@@ -52,6 +52,10 @@ class RAM(Tier):
         index: kNN backend in sparse mode: "exact", "faiss" or "auto" (exact on GPUs and
             below 32768 slots, FAISS otherwise when installed).
         nprobe: inverted lists FAISS visits per query.
+        exhaustive_rows: while a FAISS index holds at most this many rows (the rows
+            written), it is searched exactly among them, in torch; beyond that, through its
+            inverted lists, trained on the memory's own rows. Lower it to use (and train
+            with) the approximate search on short sequences.
         faiss_threads: OpenMP threads FAISS may use. Each search handles only R queries per
             batch element, so 1 (the default) is as fast and never spin-waits against
             torch's threads on shared cores.
@@ -76,6 +80,7 @@ class RAM(Tier):
         sparse: bool | str = "auto",
         index: str = "auto",
         nprobe: int = 8,
+        exhaustive_rows: int = EXHAUSTIVE_ROWS,
         faiss_threads: int = 1,
         recall_every: int = 0,
         rewrite_penalty: float = 0.0,
@@ -95,6 +100,7 @@ class RAM(Tier):
         self.sparse = sparse
         self.index = check_choice("RAM", "index", index, ("auto", "exact", "faiss"))
         self.nprobe = check_positive_int("RAM", "nprobe", nprobe)
+        self.exhaustive_rows = check_non_negative_int("RAM", "exhaustive_rows", exhaustive_rows)
         self.faiss_threads = check_positive_int("RAM", "faiss_threads", faiss_threads)
         self.recall_every = check_non_negative_int("RAM", "recall_every", recall_every)
         self.samples_recall = self.sparse and self.recall_every > 0
@@ -161,7 +167,7 @@ class RAM(Tier):
         backend = resolve_backend(self.index, self.slots, device)
         if backend == "faiss":
             set_faiss_threads(self.faiss_threads)
-        index = make_index(backend, B, self.slots, self.width, self.nprobe)
+        index = make_index(backend, B, self.slots, self.width, self.nprobe, self.exhaustive_rows)
         index.rebuild(memory, written)
         tables = (
             (

@@ -98,8 +98,11 @@ def test_tiers_with_an_unknown_name_suggests_the_nearest(capsys):
         (["--keys", "{tmp}/flat.npy"], "--keys '{tmp}/flat.npy': must be 2-D"),
         (["--chunk-rows", "0"], "argument --chunk-rows: must be a positive integer, got '0'"),
         (["--dtype", "float7"], "argument --dtype: invalid choice: 'float7'"),
-        (["--values", "{tmp}/short.npy"], "--keys '{tmp}/keys.npy' has 6 rows but --values "
-         "'{tmp}/short.npy' has 5; give one value row per key row"),
+        (
+            ["--values", "{tmp}/short.npy"],
+            "--keys '{tmp}/keys.npy' has 6 rows but --values "
+            "'{tmp}/short.npy' has 5; give one value row per key row",
+        ),
         (["--out", "/proc/no/such/store"], "--out '/proc/no/such/store' cannot be written"),
     ],
     ids=["missing-file", "not-an-array", "not-2d", "chunk-rows", "dtype", "rows", "out"],

@@ -15,7 +15,14 @@ import torch
 from tiered import TieredModule
 from tiered.cli import make_cli
 from tiered.controllers import LSTMController
-from tiered.tasks import AssociativeRecall, Copy, PrioritySort, RepeatCopy, ShortestPath
+from tiered.tasks import (
+    AssociativeRecall,
+    Copy,
+    KeyValueRecall,
+    PrioritySort,
+    RepeatCopy,
+    ShortestPath,
+)
 from tiered.tasks.base import BatchIndexSampler, TaskBatches, pad_examples
 from tiered.tasks.copy import copy_example
 from tiered.tiers import RAM, ROM, Cache, Disk, Register
@@ -55,8 +62,18 @@ def test_a_run_stopped_by_max_steps_mid_epoch_saves_last_ckpt_as_mid_epoch(tmp_p
     # the weights are not the uninterrupted run's: the resume is exact only at epoch ends
     # (the next test).
     def fit(name: str, steps: int, ckpt: Path | None = None) -> dict:
-        args = ["fit", "--config", str(STACK), *SMALL_COPY, "--trainer.max_steps", str(steps),
-                "--trainer.default_root_dir", str(tmp_path / name), "--trainer.logger", "false"]
+        args = [
+            "fit",
+            "--config",
+            str(STACK),
+            *SMALL_COPY,
+            "--trainer.max_steps",
+            str(steps),
+            "--trainer.default_root_dir",
+            str(tmp_path / name),
+            "--trainer.logger",
+            "false",
+        ]
         args += ["--ckpt_path", str(ckpt)] if ckpt else []  # fmt: skip
         make_cli(args)
         return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
@@ -124,7 +141,7 @@ def test_tbptt_with_short_windows_trains_and_differs_from_full_backpropagation()
 
 
 @pytest.mark.parametrize(
-    "task_class", [Copy, RepeatCopy, AssociativeRecall, PrioritySort, ShortestPath]
+    "task_class", [Copy, RepeatCopy, AssociativeRecall, PrioritySort, ShortestPath, KeyValueRecall]
 )
 def test_tasks_are_deterministic_and_splits_differ(task_class):
     task = task_class(batch_size=5, seed=11)

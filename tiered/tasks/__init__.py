@@ -3,6 +3,7 @@
 from tiered.tasks.base import SequenceBatch, SequenceTask
 from tiered.tasks.copy import Copy, RepeatCopy
 from tiered.tasks.graph import ShortestPath
+from tiered.tasks.kv_recall import KeyValueRecall
 from tiered.tasks.lookup import KeyValueLookup
 from tiered.tasks.recall import AssociativeRecall, PrioritySort
 
@@ -10,6 +11,7 @@ __all__ = [
     "AssociativeRecall",
     "Copy",
     "KeyValueLookup",
+    "KeyValueRecall",
     "PrioritySort",
     "RepeatCopy",
     "SequenceBatch",
