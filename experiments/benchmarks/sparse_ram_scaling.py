@@ -124,7 +124,14 @@ def index_quality(state: SparseRAMState, queries: int = 64, noise: float = 0.5) 
     }
 
 
-def worker(mode: str, slots: int, repeats: int, device: torch.device, prefill: float) -> dict:
+def worker(
+    mode: str,
+    slots: int,
+    repeats: int,
+    device: torch.device,
+    prefill: float,
+    nprobe: int | None = None,
+) -> dict:
     """Run one configuration in this process and report its timings and peak memory."""
     tune_malloc()
     torch.manual_seed(0)
@@ -133,7 +140,8 @@ def worker(mode: str, slots: int, repeats: int, device: torch.device, prefill: f
     else:
         index, _, variant = mode.partition("-")
         links = 0 if variant == "sam" else LINKS
-        ram = RAM(slots, W, read_heads=R, k=K, links=links, sparse=True, index=index)
+        probes = {} if nprobe is None else {"nprobe": nprobe}  # None: the RAM's default
+        ram = RAM(slots, W, read_heads=R, k=K, links=links, sparse=True, index=index, **probes)
     ram = ram.to(device)
     layer = torch.nn.Linear(16, ram.interface_size).to(device)
     x = torch.randn(B, T, 16, device=device)
@@ -187,21 +195,24 @@ def main() -> None:
     parser.add_argument(
         "--prefill", type=float, default=0.0, help="fraction of rows written before timing"
     )
+    parser.add_argument("--nprobe", type=int, help="FAISS lists probed (the RAM's default)")
+    parser.add_argument("--log2", type=int, nargs="*", help="sizes (default: every other)")
     parser.add_argument("--run-timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "SLOTS"))
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.worker:
         mode, slots = args.worker[0], int(args.worker[1])
-        print(json.dumps(worker(mode, slots, args.repeats, device, args.prefill)))
+        print(json.dumps(worker(mode, slots, args.repeats, device, args.prefill, args.nprobe)))
         return
     modes = tuple(args.modes) if args.modes else SPARSE_MODES[args.device]
     stem = "sparse_ram_scaling" + ("" if args.device == "cpu" else f"_{args.device}")
     stem += f"_prefill{args.prefill:g}" if args.prefill > 0 else ""
+    stem += f"_nprobe{args.nprobe}" if args.nprobe is not None else ""
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     runs = [("dense", n) for n in args.dense_slots]
-    for log2 in range(args.min_log2, args.max_log2 + 1, 2):
+    for log2 in args.log2 or range(args.min_log2, args.max_log2 + 1, 2):
         runs += [(mode, 2**log2) for mode in modes]
     csv_path = args.out / f"{stem}.csv"
     csv_path.unlink(missing_ok=True)
@@ -209,6 +220,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--worker", mode, str(slots)]
         command += ["--repeats", str(args.repeats), "--device", args.device]
         command += ["--prefill", str(args.prefill)]
+        command += [] if args.nprobe is None else ["--nprobe", str(args.nprobe)]
         try:
             result = subprocess.run(
                 command, capture_output=True, text=True, check=False, timeout=args.run_timeout
@@ -243,6 +255,10 @@ def main() -> None:
             if args.prefill > 0
             else []
         ),
+        f"FAISS probes {args.nprobe} inverted lists per query."
+        if args.nprobe is not None
+        else "FAISS probes the RAM's default number of inverted lists (nprobe).",
+        "",
         f"Width {W}, {R} read heads, k = {K}, batch {B}, sequence length {T}, float32, forward",
         f"+ backward; median of {args.repeats} sequences after one warm-up, per step. 'exact'",
         f"and 'faiss' are the sparse DNC ({LINKS} links per slot each way), 'faiss-sam' is SAM",
