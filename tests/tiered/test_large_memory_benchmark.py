@@ -67,3 +67,22 @@ def test_a_trained_run_is_tested_on_longer_sequences_and_tabled(tmp_path):
     text = (out / "large_memory.md").read_text()
     assert "| config=tiny,seed=0 | 3 | [2, 8] | 33 |" in text
     assert (out / "curves.png").exists() and (out / "step_time.png").exists()
+
+
+def test_the_long_run_benchmark_records_time_memory_and_bookkeeping(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("long_run", BENCHMARKS / "long_run.py")
+    long_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(long_run)
+    argv = ["--steps", "120", "--slots", "97", "--width", "16", "--read-heads", "2",
+            "--window", "20", "--every", "40", "--out", str(tmp_path)]  # fmt: skip
+    assert long_run.main(argv) == 0
+    with open(tmp_path / "long_run.csv") as handle:
+        records = list(csv.DictReader(handle))
+    assert [int(r["steps"]) for r in records] == [0, 40, 80, 120]
+    rows = [float(r["rows_written"]) for r in records[1:]]
+    assert rows == sorted(rows) and rows[-1] == 97  # the memory fills, then stays full
+    # the LRU heap compacts itself: at most 4x the rows accessed plus 64 entries
+    assert all(int(r["heap_entries"]) <= 4 * 97 + 64 for r in records)
+    assert float(records[-1]["source_found"]) == 1.0  # 97 rows, searched exactly
+    assert "120 steps of one sequence" in (tmp_path / "long_run.md").read_text()
