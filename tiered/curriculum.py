@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 from tiered.validation import check_positive_int
 
@@ -55,20 +56,24 @@ class ThresholdCurriculum(Callback):
             raise ValueError(
                 f"ThresholdCurriculum: low_fraction must be in [0, 1], got {low_fraction!r}"
             )
+        if isinstance(below, bool) or not isinstance(below, (int, float)):
+            raise ValueError(f"ThresholdCurriculum: below must be a number, got {below!r}")
         self.field, self.metric, self.below, self.mode = field, metric, float(below), mode
         self.factor, self.low_fraction = float(factor), float(low_fraction)
         self.maximum = check_positive_int("ThresholdCurriculum", "maximum", maximum)
         self.level: tuple[int, int] | None = None  # the range now; None: the task's own
         self.raises: list[tuple[int, int]] = []  # (global step, new top) of each raise
 
+    @property
+    def state_key(self) -> str:
+        # one curriculum per (field, metric) in a Trainer, each with its own checkpoint entry
+        return self._generate_state_key(field=self.field, metric=self.metric)
+
     # ------------------------------------------------------------------ the task's range
     def _task(self, trainer: L.Trainer) -> Any:
         task = trainer.datamodule
-        if task is None or not hasattr(task, self.field):
-            raise ValueError(
-                f"ThresholdCurriculum: field={self.field!r} is not an attribute of the task "
-                f"{type(task).__name__}; give the name of its [low, high] range"
-            )
+        if task is None:
+            raise ValueError("ThresholdCurriculum: the Trainer has no datamodule (the task)")
         if getattr(task, "num_workers", 0):
             raise ValueError(
                 f"ThresholdCurriculum: the task has num_workers={task.num_workers}; DataLoader "
@@ -77,20 +82,43 @@ class ThresholdCurriculum(Callback):
             )
         return task
 
-    def _apply(self, trainer: L.Trainer) -> None:
-        task = self._task(trainer)
-        if self.level is None:
-            self.level = tuple(int(v) for v in getattr(task, self.field))  # type: ignore[assignment]
-        setattr(task, self.field, self.level)
+    def _checked(self, task: Any, level: Any) -> tuple[int, int]:
+        """``level`` checked by the task (``SequenceTask.check_difficulty``), else its shape."""
+        if hasattr(task, "check_difficulty"):
+            try:
+                return task.check_difficulty(self.field, level)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"ThresholdCurriculum: field={self.field!r}: {error}") from None
+        current = getattr(task, self.field, None)
+        if not (isinstance(current, (tuple, list)) and len(current) == 2):
+            raise ValueError(
+                f"ThresholdCurriculum: field={self.field!r} is not a [low, high] range of the "
+                f"task {type(task).__name__} (its value: {current!r})"
+            )
+        return int(level[0]), int(level[1])
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._apply(trainer)
+        # Lightning restores a checkpoint's callback states before this hook (after it, and
+        # after the sanity check, only under DeepSpeed, FSDP and ModelParallel: hence
+        # on_train_start below too).
+        task = self._task(trainer)
+        if self.level is None:
+            self.level = self._checked(task, getattr(task, self.field, None))
+        try:  # the whole curriculum must be one the task can draw
+            self._checked(task, (self.level[0], max(self.maximum, self.level[1])))
+        except ValueError as error:
+            raise ValueError(f"{error} (at maximum={self.maximum}; lower it)") from None
+        setattr(task, self.field, self.level)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._apply(trainer)  # again: a checkpoint's level is restored after on_fit_start
+        if self.level is not None:
+            setattr(self._task(trainer), self.field, self.level)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.level is None:
+        # only validations within fit: not the sanity check, not trainer.validate() after it
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self.level is None:
             return
         value = trainer.callback_metrics.get(self.metric)
         if value is None:
@@ -104,9 +132,10 @@ class ThresholdCurriculum(Callback):
         if passed and high < self.maximum:
             high = min(self.maximum, math.ceil(high * self.factor))
             low = max(low, min(high, math.floor(high * self.low_fraction)))
-            self.level = (low, high)
+            task = self._task(trainer)
+            self.level = self._checked(task, (low, high))
             self.raises.append((trainer.global_step, high))
-            setattr(self._task(trainer), self.field, self.level)
+            setattr(task, self.field, self.level)
         for logger in trainer.loggers:
             logger.log_metrics(
                 {f"curriculum/{self.field}_low": low, f"curriculum/{self.field}_high": high},

@@ -9,8 +9,9 @@ Backends:
                with the rows' norms kept up to date; the default for small N and on GPUs.
     FaissKNN   (``tiered.knn_faiss``) FAISS IVF-Flat per batch element with a hash-table
                direct map, updated incrementally (remove and re-add only the rows that
-               changed). While it holds at most EXHAUSTIVE_ROWS rows it is searched exactly
-               in torch among the rows it holds (the written rows). Beyond that its coarse
+               changed). While it holds at most EXHAUSTIVE_ROWS rows (``RAM(exhaustive_rows=)``
+               sets another bound) it is searched exactly in torch among the rows it
+               holds (the written rows). Beyond that its coarse
                quantiser is trained on the memory's own rows, and again each time the rows
                it holds double (``train_on="memory"``, the default; "random" keeps the
                quantiser trained once on random unit vectors). Its IVF lists live on the

@@ -86,8 +86,8 @@ class FaissKNN(KNNIndex):
         # The rows each index holds, listed while there are at most ``capacity`` of them:
         # held (B, capacity) row ids (-1 pad), count (B,) rows held, member (B, N) (lazily
         # zero-filled) which rows are held.
-        self.capacity = exhaustive_rows
-        self.held = np.full((batch_size, max(exhaustive_rows, 1)), -1, dtype=np.int64)
+        self.capacity = min(exhaustive_rows, slots)  # an index never holds more than N rows
+        self.held = np.full((batch_size, max(self.capacity, 1)), -1, dtype=np.int64)
         self.count = np.zeros(batch_size, dtype=np.int64)
         self.member = np.zeros((batch_size, slots), dtype=bool)
         # rows held when each index's quantiser was last trained on the memory (0: never)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import resource
+import statistics
 import sys
 import time
 from collections.abc import Iterable
@@ -57,6 +57,21 @@ def tensor_bytes(value: Any) -> int:
     return 0
 
 
+def status_mib(field: str) -> float:
+    """A /proc/self/status memory figure (VmRSS, VmHWM) in MiB."""
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Reset the peak resident set (VmHWM) to the current one (Linux)."""
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as handle:
+        handle.write("5")
+
+
 def sparse_rams(controller: LSTMController) -> list[RAM]:
     return [tier for tier in controller.tiers if isinstance(tier, RAM) and tier.sparse]
 
@@ -81,6 +96,7 @@ def test_model(
         value_bits=task.value_bits, queries=task.queries, batch_size=batch_size, seed=seed,
     )  # fmt: skip
     batch = test.make_batch("test", 0)
+    reset_peak_rss()
     for ram in sparse_rams(controller):
         ram.recall_every, ram.samples_recall = recall_every, recall_every > 0
     controller.eval()
@@ -117,7 +133,7 @@ def test_model(
         "index_recall": hits / checked if checked else float("nan"),
         "recall_checked": checked,
         "ms_per_step": 1000 * total / T,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": status_mib("VmHWM"),
     }
     return summary, chunks
 
@@ -131,7 +147,9 @@ def load_run(run_dir: Path) -> tuple[LSTMController, KeyValueRecall, dict[str, A
     from tiered.cli import make_cli
 
     # the model and task sections of the config the run saved (the rest is fit's)
-    saved = yaml.safe_load(sorted(run_dir.glob("logs/version_*/config.yaml"))[-1].read_text())
+    configs = run_dir.glob("logs/version_*/config.yaml")
+    newest = max(configs, key=lambda path: int(path.parent.name.split("_")[1]))
+    saved = yaml.safe_load(newest.read_text())
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "config.yaml"
         config.write_text(yaml.safe_dump({k: saved[k] for k in ("model", "data")}))
@@ -204,7 +222,7 @@ def plot(curves: dict, chunks: list[dict], out: Path) -> None:
             if key in series:
                 steps, values = zip(*series[key], strict=True)
                 ax.plot(steps, values, label=name.split(",")[-1])
-    for ax, title in zip(axes, ("validation bits wrong per sequence (of 64)",
+    for ax, title in zip(axes, ("validation bits wrong per sequence",
                                 "items (top of the curriculum range)",
                                 "training step seconds"), strict=True):  # fmt: skip
         ax.set_title(title)
@@ -230,7 +248,12 @@ def plot(curves: dict, chunks: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def markdown(tests: list[dict], dense: list[dict], curves: dict, infos: dict, args) -> str:
+def markdown(
+    tests: list[dict], dense: list[dict], infos: dict, setup: dict, args: argparse.Namespace
+) -> str:
+    trained = max((i["trained_items"][1] for i in infos.values() if "trained_items" in i),
+                  default=0)  # fmt: skip
+    longest = max(args.items)
     lines = [
         "# Key-value recall in a large memory (issue 13, item 3)",
         "",
@@ -267,18 +290,19 @@ def markdown(tests: list[dict], dense: list[dict], curves: dict, infos: dict, ar
               "|---:|---:|---:|---:|"]  # fmt: skip
     for items, rates in sorted(by_items.items()):
         rates = sorted(rates)
-        median = rates[len(rates) // 2]
+        median = statistics.median(rates)
         lines.append(f"| {items} | {median:.4f} | {rates[0]:.4f} | {rates[-1]:.4f} |")
     lines += [
         "",
         "Chance is a bit error rate of 0.5. The SAM paper trained on up to 10K items and "
-        "generalised to 200K (Rae et al. 2016, Figure 4); here training reaches at most 2048 "
-        "items on 2 CPU cores, and the test is 8x that.",
+        "generalised to 200K (Rae et al. 2016, Figure 4); here training reached at most "
+        f"{trained} items on 2 CPU cores, and the longest test is {longest} items "
+        f"({longest / max(trained, 1):.0f}x).",
         "",
         "## A dense RAM on the same test",
         "",
-        "A dense RAM (the DNC) stores one item per slot, so the 16384-item test needs at "
-        "least 16384 slots. Forward only, batch 1, same controller and width:",
+        f"A dense RAM (the DNC) stores one item per slot, so the {longest}-item test needs "
+        f"at least {longest} slots. Forward only, batch 1, same controller and width:",
         "",
         "| slots | ms / step | state MiB (batch 1) |",
         "|---:|---:|---:|",
@@ -288,19 +312,22 @@ def markdown(tests: list[dict], dense: list[dict], curves: dict, infos: dict, ar
     if len(dense) >= 2:
         a, b = dense[-2], dense[-1]
         exponent = math.log(b["ms_per_step"] / a["ms_per_step"]) / math.log(b["slots"] / a["slots"])
-        target = 16384
-        ms = b["ms_per_step"] * (target / b["slots"]) ** max(exponent, 1.0)
+        target, growth = longest, max(exponent, 1.0)
+        ms = b["ms_per_step"] * (target / b["slots"]) ** growth
         state = b["state_mib"] * (target / b["slots"]) ** 2
-        steps = target + 8
+        steps = target + setup["queries"]
+        taken = "" if growth == exponent else " (taken as linear)"
         lines += [
             "",
-            f"From the last two sizes the step time grows as N^{exponent:.2f}; at {target} "
+            f"From the last two sizes the step time grows as N^{exponent:.2f}{taken}; at "
+            f"{target} "
             f"slots that is about {ms:.0f} ms per step and {state / 1024:.1f} GiB of state per "
             f"sequence (the B x N x N link matrix), so one test sequence of {steps} steps "
             f"would take about {ms * steps / 1000 / 60:.0f} minutes forward on this machine, "
             f"and training (which keeps every step's link matrix for backward) would need "
             f"about {state * steps / 1024 / 1024:.0f} TiB. The sparse RAM's state is O(N W) "
-            "(2^16 x 48 floats: 12 MiB per sequence) and its step O(k W + index search).",
+            f"({setup['sparse_state_mib']:.0f} MiB of memory rows per sequence) and its step "
+            "O(k W + index search).",
         ]
     lines += ["", "![learning curves](curves.png)", "", "![test step time](step_time.png)",
               "", "Machine:", "", machine_markdown(), ""]  # fmt: skip
@@ -342,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     curves = learning_curves(run_dirs)
     if chunks:
         plot(curves, chunks, args.out)
-    (args.out / "large_memory.md").write_text(markdown(tests, dense, curves, infos, args))
+    setup = {"queries": task.queries if task is not None else 0,
+             "sparse_state_mib": 0.0 if controller is None else sum(
+                 r.slots * r.width * 4 / 2**20 for r in sparse_rams(controller))}  # fmt: skip
+    (args.out / "large_memory.md").write_text(markdown(tests, dense, infos, setup, args))
     return 0
 
 

@@ -76,17 +76,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     done = 0
     while done < args.steps:
         tick = time.perf_counter()
-        x = torch.randn(args.batch, args.window, 16)
+        window = min(args.window, args.steps - done)
+        x = torch.randn(args.batch, window, 16)
         reads = []
-        for t in range(args.window):
+        for t in range(window):
             read, state, _ = ram(layer(x[:, t]), state)
             reads.append(read)
         torch.stack(reads, 1).pow(2).mean().backward()
         layer.zero_grad(set_to_none=True)
         state = detach_state(state)
-        done += args.window
-        window_ms = 1000 * (time.perf_counter() - tick) / args.window
-        if done % args.every == 0 or done >= args.steps:
+        done += window
+        window_ms = 1000 * (time.perf_counter() - tick) / window
+        if done // args.every > (done - window) // args.every or done >= args.steps:
             tape = state.tape
             records.append({
                 "steps": done,

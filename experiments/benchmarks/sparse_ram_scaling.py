@@ -209,6 +209,7 @@ def main() -> None:
     stem = "sparse_ram_scaling" + ("" if args.device == "cpu" else f"_{args.device}")
     stem += f"_prefill{args.prefill:g}" if args.prefill > 0 else ""
     stem += f"_nprobe{args.nprobe}" if args.nprobe is not None else ""
+    stem += ("_log2-" + "-".join(map(str, args.log2))) if args.log2 else ""
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     runs = [("dense", n) for n in args.dense_slots]
@@ -258,6 +259,8 @@ def main() -> None:
         f"FAISS probes {args.nprobe} inverted lists per query."
         if args.nprobe is not None
         else "FAISS probes the RAM's default number of inverted lists (nprobe).",
+        "Without --prefill a FAISS index holds at most 4224 rows, mostly searched exactly",
+        "(EXHAUSTIVE_ROWS), so nprobe matters on filled memories.",
         "",
         f"Width {W}, {R} read heads, k = {K}, batch {B}, sequence length {T}, float32, forward",
         f"+ backward; median of {args.repeats} sequences after one warm-up, per step. 'exact'",

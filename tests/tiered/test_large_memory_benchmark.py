@@ -24,7 +24,8 @@ def _load_benchmark():
 def test_a_trained_run_is_tested_on_longer_sequences_and_tabled(tmp_path):
     run = tmp_path / "runs" / "config=tiny,seed=0"
     ram = ("{class_path: tiered.tiers.RAM, init_args: {slots: 64, width: 40, read_heads: 1, "
-           "k: 4, links: 0, sparse: true, index: exact}}")  # fmt: skip
+           "k: 4, links: 0, sparse: true, index: faiss, nprobe: 1, "
+           "exhaustive_rows: 0}}")  # fmt: skip
     make_cli([
         "fit", "--config", str(TASK),
         "--model", "tiered.TieredModule",
@@ -53,8 +54,8 @@ def test_a_trained_run_is_tested_on_longer_sequences_and_tabled(tmp_path):
     assert [int(t["items"]) for t in tests] == [5, 33]
     for t in tests:
         assert 0.0 <= float(t["bit_error_rate"]) <= 1.0
-        assert float(t["bits_wrong_per_sequence"]) == float(t["bit_error_rate"]) * 64
-        assert float(t["index_recall"]) == 1.0  # exact search finds every exact neighbour
+        # FAISS visiting 1 of its 8 lists, from the first row on: a lossy index, measured
+        assert float(t["recall_checked"]) > 0 and 0.0 < float(t["index_recall"]) < 1.0
     with open(out / "chunks.csv") as handle:
         chunks = [c for c in csv.DictReader(handle) if c["items"] == "33"]
     assert [int(c["steps_done"]) for c in chunks] == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 41]

@@ -184,6 +184,24 @@ class SequenceTask(L.LightningDataModule, abc.ABC):
     def example(self, rng: np.random.Generator, split: str) -> Example:
         """Draw one sequence of ``split``'s difficulty ("test" uses the evaluation range)."""
 
+    def check_difficulty(self, field: str, value: Sequence[int]) -> tuple[int, int]:
+        """``value`` as a valid ``(low, high)`` for this task's range attribute ``field``, or
+        an error naming both; a curriculum checks each level with it before setting it."""
+        owner = type(self).__name__
+        ranges = [
+            name
+            for name, current in vars(self).items()
+            if isinstance(current, tuple)
+            and len(current) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in current)
+        ]
+        if field not in ranges:
+            raise ValueError(
+                f"{owner}: {field!r} is not a [low, high] range of the task "
+                f"(its value: {getattr(self, field, None)!r}); its ranges: {sorted(ranges)}"
+            )
+        return check_range(owner, field, value)
+
     def make_batch(self, split: str, index: int) -> SequenceBatch:
         """The ``index``-th batch of ``split``, a pure function of (seed, split, index)."""
         rng = np.random.default_rng([self.seed, SPLITS.index(split), index])

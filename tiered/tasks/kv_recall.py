@@ -103,6 +103,10 @@ class KeyValueRecall(SequenceTask):
             )
         return low, high
 
+    def check_difficulty(self, field: str, value: Any) -> tuple[int, int]:
+        super().check_difficulty(field, value)
+        return self._check_items(field, value)
+
     @property
     def input_size(self) -> int:
         return self.key_bits + self.value_bits + 1
