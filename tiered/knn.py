@@ -205,16 +205,19 @@ def make_index(
     width: int,
     nprobe: int = 8,
     exhaustive_rows: int = EXHAUSTIVE_ROWS,
+    search_threads: int = 1,
 ) -> KNNIndex:
     """An empty index of the resolved ``backend`` ("exact" or "faiss"); a FAISS index
-    searches exactly while it holds at most ``exhaustive_rows`` rows."""
+    searches exactly while it holds at most ``exhaustive_rows`` rows, and searches
+    ``search_threads`` batch elements at once."""
     check_positive_int("RAM", "nprobe", nprobe)
     if backend == "faiss":
         from tiered.knn_faiss import FaissKNN
 
         faiss = load_faiss()
         assert faiss is not None
-        return FaissKNN(faiss, batch_size, slots, width, nprobe, exhaustive_rows=exhaustive_rows)
+        return FaissKNN(faiss, batch_size, slots, width, nprobe, exhaustive_rows=exhaustive_rows,
+                        search_threads=search_threads)  # fmt: skip
     return ExactKNN()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,10 @@ class FaissKNN(KNNIndex):
             38% of the time (see docs/ram.md). Visiting every list instead costs O(nlist)
             per query whatever the rows: 3.1 ms for 8 indexes of 128 rows at 2^20 slots
             (1024 lists), 0.17 ms at 2^10 (32 lists).
+        search_threads: how many batch elements' indexes are searched at once, by that many
+            Python threads (FAISS releases the GIL while it searches; each search keeps the
+            OpenMP threads of ``tiered.knn.set_faiss_threads``, 1 by default, so no thread
+            spin-waits). 1 searches them one after another.
         train_on: "memory": once an index holds more than ``exhaustive_rows`` rows (and at
             least one per list), its coarse quantiser is trained on (a sample of up to
             ``TRAIN_ROWS_PER_LIST`` per list of) the rows it holds, and trained again, with
@@ -68,8 +73,10 @@ class FaissKNN(KNNIndex):
         seed: int = 0,
         exhaustive_rows: int = EXHAUSTIVE_ROWS,
         train_on: str = "memory",
+        search_threads: int = 1,
     ) -> None:
         self.faiss = faiss
+        self.search_threads = search_threads
         self.width = width
         self.nprobe = nprobe
         self.seed = seed
@@ -177,12 +184,20 @@ class FaissKNN(KNNIndex):
             out.copy_(self._search_held(memory, queries, k, int(self.count[few].max())))
         if not few.all():
             q = normalize_rows(queries.detach()).float().cpu().numpy()
-            for b in np.flatnonzero(~few):
+
+            def one(b: int) -> np.ndarray:
                 # every list while the rows are few but were not all listed (capacity below
                 # an exhaustive_rows raised after construction): exact as well
                 exact = self.count[b] <= self.exhaustive_rows
                 self.indexes[b].nprobe = self.nlist if exact else self.nprobe
-                _, labels = self.indexes[b].search(np.ascontiguousarray(q[b]), k)
+                return self.indexes[b].search(np.ascontiguousarray(q[b]), k)[1]
+
+            todo = [int(b) for b in np.flatnonzero(~few)]
+            if self.search_threads > 1 and len(todo) > 1:
+                found = list(_pool(self.search_threads).map(one, todo))
+            else:
+                found = [one(b) for b in todo]
+            for b, labels in zip(todo, found, strict=True):
                 out[b] = torch.from_numpy(labels).to(out.device)
         return out.to(queries.device)
 
@@ -195,6 +210,12 @@ class FaissKNN(KNNIndex):
         local = exact_search(gathered, held >= 0, queries, k)
         found = held.gather(1, local.clamp_min(0).flatten(1)).view_as(local)  # (B, h, k)
         return torch.where(local >= 0, found, -1)
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``threads`` search threads (made once per count)."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiered-faiss")
 
 
 def _unit_rows(memory: Tensor, rows: np.ndarray) -> np.ndarray:

@@ -59,6 +59,8 @@ class RAM(Tier):
         faiss_threads: OpenMP threads FAISS may use. Each search handles only R queries per
             batch element, so 1 (the default) is as fast and never spin-waits against
             torch's threads on shared cores.
+        search_threads: FAISS: how many batch elements' indexes are searched at once, by
+            that many Python threads, each search on ``faiss_threads`` OpenMP threads.
         recall_every: sparse mode: every this many steps, check the rows the kNN index
             returned for the content queries against exact search over every written row
             (O(B R N W) on that step); the training module logs the share found as
@@ -82,6 +84,7 @@ class RAM(Tier):
         nprobe: int = 8,
         exhaustive_rows: int = EXHAUSTIVE_ROWS,
         faiss_threads: int = 1,
+        search_threads: int = 1,
         recall_every: int = 0,
         rewrite_penalty: float = 0.0,
         period: int = 1,
@@ -102,6 +105,7 @@ class RAM(Tier):
         self.nprobe = check_positive_int("RAM", "nprobe", nprobe)
         self.exhaustive_rows = check_non_negative_int("RAM", "exhaustive_rows", exhaustive_rows)
         self.faiss_threads = check_positive_int("RAM", "faiss_threads", faiss_threads)
+        self.search_threads = check_positive_int("RAM", "search_threads", search_threads)
         self.recall_every = check_non_negative_int("RAM", "recall_every", recall_every)
         self.samples_recall = self.sparse and self.recall_every > 0
         if self.sparse and self.write_heads != 1:
@@ -167,7 +171,8 @@ class RAM(Tier):
         backend = resolve_backend(self.index, self.slots, device)
         if backend == "faiss":
             set_faiss_threads(self.faiss_threads)
-        index = make_index(backend, B, self.slots, self.width, self.nprobe, self.exhaustive_rows)
+        index = make_index(backend, B, self.slots, self.width, self.nprobe, self.exhaustive_rows,
+                           self.search_threads)  # fmt: skip
         index.rebuild(memory, written)
         tables = (
             (

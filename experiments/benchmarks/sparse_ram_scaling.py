@@ -131,6 +131,7 @@ def worker(
     device: torch.device,
     prefill: float,
     nprobe: int | None = None,
+    search_threads: int = 1,
 ) -> dict:
     """Run one configuration in this process and report its timings and peak memory."""
     tune_malloc()
@@ -141,6 +142,7 @@ def worker(
         index, _, variant = mode.partition("-")
         links = 0 if variant == "sam" else LINKS
         probes = {} if nprobe is None else {"nprobe": nprobe}  # None: the RAM's default
+        probes["search_threads"] = search_threads
         ram = RAM(slots, W, read_heads=R, k=K, links=links, sparse=True, index=index, **probes)
     ram = ram.to(device)
     layer = torch.nn.Linear(16, ram.interface_size).to(device)
@@ -196,6 +198,7 @@ def main() -> None:
         "--prefill", type=float, default=0.0, help="fraction of rows written before timing"
     )
     parser.add_argument("--nprobe", type=int, help="FAISS lists probed (the RAM's default)")
+    parser.add_argument("--search-threads", type=int, default=1, help="RAM search_threads")
     parser.add_argument("--log2", type=int, nargs="*", help="sizes (default: every other)")
     parser.add_argument("--run-timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "SLOTS"))
@@ -203,13 +206,16 @@ def main() -> None:
     device = torch.device(args.device)
     if args.worker:
         mode, slots = args.worker[0], int(args.worker[1])
-        print(json.dumps(worker(mode, slots, args.repeats, device, args.prefill, args.nprobe)))
+        result = worker(mode, slots, args.repeats, device, args.prefill, args.nprobe,
+                        args.search_threads)  # fmt: skip
+        print(json.dumps(result))
         return
     modes = tuple(args.modes) if args.modes else SPARSE_MODES[args.device]
     stem = "sparse_ram_scaling" + ("" if args.device == "cpu" else f"_{args.device}")
     stem += f"_prefill{args.prefill:g}" if args.prefill > 0 else ""
     stem += f"_nprobe{args.nprobe}" if args.nprobe is not None else ""
     stem += ("_log2-" + "-".join(map(str, args.log2))) if args.log2 else ""
+    stem += f"_threads{args.search_threads}" if args.search_threads > 1 else ""
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     runs = [("dense", n) for n in args.dense_slots]
@@ -222,6 +228,7 @@ def main() -> None:
         command += ["--repeats", str(args.repeats), "--device", args.device]
         command += ["--prefill", str(args.prefill)]
         command += [] if args.nprobe is None else ["--nprobe", str(args.nprobe)]
+        command += ["--search-threads", str(args.search_threads)]
         try:
             result = subprocess.run(
                 command, capture_output=True, text=True, check=False, timeout=args.run_timeout
@@ -259,6 +266,8 @@ def main() -> None:
         f"FAISS probes {args.nprobe} inverted lists per query."
         if args.nprobe is not None
         else "FAISS probes the RAM's default number of inverted lists (nprobe).",
+        f"The batch's FAISS indexes are searched {args.search_threads} at a time "
+        "(RAM search_threads).",
         "Without --prefill a FAISS index holds at most 4224 rows, mostly searched exactly",
         "(EXHAUSTIVE_ROWS), so nprobe matters on filled memories.",
         "",

@@ -148,3 +148,24 @@ def test_an_unknown_train_on_names_the_choices():
 
     with pytest.raises(ValueError, match="RAM: train_on must be one of 'memory', 'random'"):
         FaissKNN(load_faiss(), 1, 64, 8, nprobe=2, train_on="kmeans")
+
+
+def test_searching_the_batch_in_parallel_threads_finds_the_same_rows():
+    pytest.importorskip("faiss")
+    from tiered.knn_faiss import FaissKNN, load_faiss
+
+    B, slots, width = 5, 1500, 16
+    g = torch.Generator().manual_seed(3)
+    memory = torch.randn(B, slots, width, generator=g)
+    written = torch.rand(B, slots, generator=g) < 0.8
+    written[2, :] = False
+    written[2, :7] = True  # one element with few rows: searched exactly, in torch
+    queries = torch.randn(B, 3, width, generator=g)
+    found = []
+    for threads in (1, 2, 3):
+        index = FaissKNN(load_faiss(), B, slots, width, nprobe=3, exhaustive_rows=100,
+                         search_threads=threads)  # fmt: skip
+        index.rebuild(memory, written)
+        found.append(index.search(memory, written, queries, 8))
+    assert torch.equal(found[0], found[1]) and torch.equal(found[0], found[2])
+    assert (found[0][2, :, 7] == -1).all()  # 7 rows written there: the 8th is padding
