@@ -21,12 +21,13 @@ curves.png, step_time.png}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import statistics
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,27 @@ def test_model(
         "peak_rss_mib": status_mib("VmHWM"),
     }
     return summary, chunks
+
+
+@contextlib.contextmanager
+def index_variant(controller: LSTMController, variant: str) -> Iterator[None]:
+    """Test with the sparse RAMs searching as trained ("trained"), with FAISS probing N
+    lists ("nprobe=N"), or exactly ("exact"); restored after. This separates what the
+    index loses from what the model does with what it finds."""
+    rams = sparse_rams(controller)
+    saved = [(ram.index, ram.nprobe) for ram in rams]
+    for ram in rams:
+        if variant == "exact":
+            ram.index = "exact"
+        elif variant.startswith("nprobe="):
+            ram.nprobe = int(variant.split("=", 1)[1])
+        elif variant != "trained":
+            raise ValueError(f"--index: {variant!r} is not trained, nprobe=N or exact")
+    try:
+        yield
+    finally:
+        for ram, (index, nprobe) in zip(rams, saved, strict=True):
+            ram.index, ram.nprobe = index, nprobe
 
 
 def load_run(run_dir: Path) -> tuple[LSTMController, KeyValueRecall, dict[str, Any]]:
@@ -268,30 +290,33 @@ def markdown(
         "",
         f"Test: forward only, {args.batch} sequences per size, chunks of {args.chunk} steps; "
         f"index recall sampled every {args.recall_every} steps on the model's own queries "
-        "(recall@8 against exact search over the written rows).",
+        "(recall@8 against exact search over the written rows). 'test index': the RAM "
+        "searching as trained, with FAISS probing more lists, or exactly, which separates "
+        "what the index loses from what the model does with the rows it is given.",
         "",
-        "| run | trained steps | trained items | test items | bits wrong / seq | bit error rate "
-        "| queries exact | index recall@8 | ms / step | peak RSS MiB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | trained steps | trained items | test index | test items | bits wrong / seq "
+        "| bit error rate | queries exact | index recall@8 | ms / step | peak RSS MiB |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in tests:
         info = infos[t["run"]]
         lines.append(
-            f"| {t['run']} | {info['step']} | {info.get('trained_items')} | {t['items']} | "
+            f"| {t['run']} | {info['step']} | {info.get('trained_items')} | {t['index']} | "
+            f"{t['items']} | "
             f"{t['bits_wrong_per_sequence']:.2f} | {t['bit_error_rate']:.4f} | "
             f"{t['queries_exact']:.3f} | {t['index_recall']:.3f} | {t['ms_per_step']:.2f} | "
             f"{t['peak_rss_mib']:.0f} |"
         )
-    by_items: dict[int, list[float]] = {}
+    by_items: dict[tuple[str, int], list[float]] = {}
     for t in tests:
-        by_items.setdefault(t["items"], []).append(t["bit_error_rate"])
+        by_items.setdefault((t["index"], t["items"]), []).append(t["bit_error_rate"])
     lines += ["", "Median over seeds (spread: min to max):", "",
-              "| test items | bit error rate median | min | max |",
-              "|---:|---:|---:|---:|"]  # fmt: skip
-    for items, rates in sorted(by_items.items()):
+              "| test index | test items | bit error rate median | min | max |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for (index, items), rates in by_items.items():
         rates = sorted(rates)
         median = statistics.median(rates)
-        lines.append(f"| {items} | {median:.4f} | {rates[0]:.4f} | {rates[-1]:.4f} |")
+        lines.append(f"| {index} | {items} | {median:.4f} | {rates[0]:.4f} | {rates[-1]:.4f} |")
     lines += [
         "",
         "Chance is a bit error rate of 0.5. The SAM paper trained on up to 10K items and "
@@ -342,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--recall-every", type=int, default=256)
+    parser.add_argument(
+        "--index",
+        nargs="+",
+        default=["trained", "nprobe=128", "exact"],
+        help="how the RAM searches at test: as trained, nprobe=N, or exact",
+    )
     parser.add_argument("--dense-slots", type=int, nargs="*", default=[256, 512, 1024, 2048])
     parser.add_argument("--dense-steps", type=int, default=8)
     args = parser.parse_args(argv)
@@ -351,12 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     controller = task = None
     for run_dir in run_dirs:
         controller, task, infos[run_dir.name] = load_run(run_dir)
-        for items in args.items:
-            summary, run_chunks = test_model(controller, task, items, args.batch, args.chunk,
-                                             args.recall_every)  # fmt: skip
-            tests.append({"run": run_dir.name, **summary})
-            chunks += [{"run": run_dir.name, **c} for c in run_chunks]
-            print(tests[-1], flush=True)
+        for variant in args.index:
+            with index_variant(controller, variant):
+                for items in args.items:
+                    summary, run_chunks = test_model(controller, task, items, args.batch,
+                                                     args.chunk, args.recall_every)  # fmt: skip
+                    tests.append({"run": run_dir.name, "index": variant, **summary})
+                    if variant == args.index[0]:
+                        chunks += [{"run": run_dir.name, **c} for c in run_chunks]
+                    print(tests[-1], flush=True)
     dense = []
     if controller is not None and task is not None:
         ram = sparse_rams(controller)[0]

@@ -46,16 +46,20 @@ def test_a_trained_run_is_tested_on_longer_sequences_and_tabled(tmp_path):
     out = tmp_path / "out"
     assert benchmark.main([
         "--runs", str(tmp_path / "runs"), "--out", str(out), "--items", "5", "33",
-        "--batch", "3", "--chunk", "4", "--recall-every", "2",
+        "--batch", "3", "--chunk", "4", "--recall-every", "2", "--index", "trained", "exact",
         "--dense-slots", "8", "16", "--dense-steps", "2",
     ]) == 0  # fmt: skip
     with open(out / "test.csv") as handle:
         tests = list(csv.DictReader(handle))
-    assert [int(t["items"]) for t in tests] == [5, 33]
+    assert [(t["index"], int(t["items"])) for t in tests] == [
+        ("trained", 5), ("trained", 33), ("exact", 5), ("exact", 33)]  # fmt: skip
     for t in tests:
-        assert 0.0 <= float(t["bit_error_rate"]) <= 1.0
+        assert 0.0 <= float(t["bit_error_rate"]) <= 1.0 and float(t["recall_checked"]) > 0
+    for t in tests[:2]:
         # FAISS visiting 1 of its 8 lists, from the first row on: a lossy index, measured
-        assert float(t["recall_checked"]) > 0 and 0.0 < float(t["index_recall"]) < 1.0
+        assert 0.0 < float(t["index_recall"]) < 1.0
+    for t in tests[2:]:
+        assert float(t["index_recall"]) == 1.0  # exact search at test: nothing missed
     with open(out / "chunks.csv") as handle:
         chunks = [c for c in csv.DictReader(handle) if c["items"] == "33"]
     assert [int(c["steps_done"]) for c in chunks] == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 41]
@@ -66,7 +70,7 @@ def test_a_trained_run_is_tested_on_longer_sequences_and_tabled(tmp_path):
     assert [int(d["slots"]) for d in dense] == [8, 16]
     assert 2.0 < float(dense[1]["state_mib"]) / float(dense[0]["state_mib"]) < 4.0
     text = (out / "large_memory.md").read_text()
-    assert "| config=tiny,seed=0 | 3 | [2, 8] | 33 |" in text
+    assert "| config=tiny,seed=0 | 3 | [2, 8] | exact | 33 |" in text
     assert (out / "curves.png").exists() and (out / "step_time.png").exists()
 
 
