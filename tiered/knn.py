@@ -35,8 +35,15 @@ from torch import Tensor
 from tiered.validation import check_choice, check_positive_int
 
 BACKENDS = ("auto", "exact", "faiss")
-# index="auto" picks FAISS on CPU from this many rows on (when FAISS is installed).
-FAISS_AUTO_ROWS = 1 << 15
+# index="auto" picks FAISS on CPU from this many rows on (when FAISS is installed). On the
+# 2-core CPU, filled memories, nprobe 64: at 2^16 slots the sparse DNC's step took 22.1 ms
+# with exact search and 19.5 ms with FAISS; below that exact search is the cheaper, and it
+# misses nothing (experiments/results/sparse_ram_scaling_prefill1_nprobe64_log2-10-16-20.md).
+FAISS_AUTO_ROWS = 1 << 16
+# Inverted lists a FAISS search visits by default: the fewest with which a noisy query's
+# source row was found at least 99% of the time at every size measured, 2^14 to 2^20
+# (experiments/results/knn_recall.md; 100% at 2^20 in the scaling run above).
+DEFAULT_NPROBE = 64
 # A FAISS index holding at most this many rows is searched exactly among them (in torch).
 EXHAUSTIVE_ROWS = 4096
 # Exact search scores at most this many (row, query) pairs at once: 4 MiB in float32 on the
@@ -203,7 +210,7 @@ def make_index(
     batch_size: int,
     slots: int,
     width: int,
-    nprobe: int = 8,
+    nprobe: int = DEFAULT_NPROBE,
     exhaustive_rows: int = EXHAUSTIVE_ROWS,
     search_threads: int = 1,
 ) -> KNNIndex:

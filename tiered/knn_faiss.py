@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -194,7 +195,7 @@ class FaissKNN(KNNIndex):
 
             todo = [int(b) for b in np.flatnonzero(~few)]
             if self.search_threads > 1 and len(todo) > 1:
-                found = list(_pool(self.search_threads).map(one, todo))
+                found = list(_pool(self.search_threads, os.getpid()).map(one, todo))
             else:
                 found = [one(b) for b in todo]
             for b, labels in zip(todo, found, strict=True):
@@ -213,8 +214,9 @@ class FaissKNN(KNNIndex):
 
 
 @functools.lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``threads`` search threads (made once per count)."""
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """A pool of ``threads`` search threads, made once per count in each process (``pid``:
+    a forked child has none of its parent's threads, so it makes its own pool)."""
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiered-faiss")
 
 

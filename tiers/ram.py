@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tiered.knn import EXHAUSTIVE_ROWS, make_index, resolve_backend, set_faiss_threads
+from tiered.knn import (
+    DEFAULT_NPROBE,
+    EXHAUSTIVE_ROWS,
+    make_index,
+    resolve_backend,
+    set_faiss_threads,
+)
 from tiered.tier import Tier, TierOutput, head_slices, tier_stats, write_ticks
 from tiered.tiers.ram_dense import RAMState, dense_step, ram_interface_size
 from tiered.tiers.ram_sparse import (
@@ -50,8 +56,11 @@ class RAM(Tier):
             sparse DNC); 0 turns the links off (SAM).
         sparse: True, False, or "auto" (sparse above SPARSE_AUTO_SLOTS = 1024 slots).
         index: kNN backend in sparse mode: "exact", "faiss" or "auto" (exact on GPUs and
-            below 32768 slots, FAISS otherwise when installed).
-        nprobe: inverted lists FAISS visits per query.
+            below 65536 slots, FAISS otherwise when installed; docs/ram.md has the
+            measurements behind it).
+        nprobe: inverted lists FAISS visits per query (of about sqrt(N)); more find more of
+            the true nearest rows, at a search cost that grows with it. The default, 64,
+            found a stored row from a noisy copy at least 99% of the time up to 2^20 slots.
         exhaustive_rows: while a FAISS index holds at most this many rows (the rows
             written), it is searched exactly among them, in torch; beyond that, through its
             inverted lists, trained on the memory's own rows. Lower it to use (and train
@@ -60,7 +69,8 @@ class RAM(Tier):
             batch element, so 1 (the default) is as fast and never spin-waits against
             torch's threads on shared cores.
         search_threads: FAISS: how many batch elements' indexes are searched at once, by
-            that many Python threads, each search on ``faiss_threads`` OpenMP threads.
+            that many Python threads, each search on ``faiss_threads`` OpenMP threads; 0 (the
+            default): as many as torch's intra-op threads (``torch.get_num_threads()``).
         recall_every: sparse mode: every this many steps, check the rows the kNN index
             returned for the content queries against exact search over every written row
             (O(B R N W) on that step); the training module logs the share found as
@@ -81,10 +91,10 @@ class RAM(Tier):
         links: int = 8,
         sparse: bool | str = "auto",
         index: str = "auto",
-        nprobe: int = 8,
+        nprobe: int = DEFAULT_NPROBE,
         exhaustive_rows: int = EXHAUSTIVE_ROWS,
         faiss_threads: int = 1,
-        search_threads: int = 1,
+        search_threads: int = 0,
         recall_every: int = 0,
         rewrite_penalty: float = 0.0,
         period: int = 1,
@@ -105,7 +115,7 @@ class RAM(Tier):
         self.nprobe = check_positive_int("RAM", "nprobe", nprobe)
         self.exhaustive_rows = check_non_negative_int("RAM", "exhaustive_rows", exhaustive_rows)
         self.faiss_threads = check_positive_int("RAM", "faiss_threads", faiss_threads)
-        self.search_threads = check_positive_int("RAM", "search_threads", search_threads)
+        self.search_threads = check_non_negative_int("RAM", "search_threads", search_threads)
         self.recall_every = check_non_negative_int("RAM", "recall_every", recall_every)
         self.samples_recall = self.sparse and self.recall_every > 0
         if self.sparse and self.write_heads != 1:
@@ -171,8 +181,9 @@ class RAM(Tier):
         backend = resolve_backend(self.index, self.slots, device)
         if backend == "faiss":
             set_faiss_threads(self.faiss_threads)
+        threads = self.search_threads or torch.get_num_threads()
         index = make_index(backend, B, self.slots, self.width, self.nprobe, self.exhaustive_rows,
-                           self.search_threads)  # fmt: skip
+                           threads)  # fmt: skip
         index.rebuild(memory, written)
         tables = (
             (

@@ -169,3 +169,34 @@ def test_searching_the_batch_in_parallel_threads_finds_the_same_rows():
         found.append(index.search(memory, written, queries, 8))
     assert torch.equal(found[0], found[1]) and torch.equal(found[0], found[2])
     assert (found[0][2, :, 7] == -1).all()  # 7 rows written there: the 8th is padding
+
+
+def test_a_forked_child_searches_in_threads_of_its_own():
+    pytest.importorskip("faiss")
+    import multiprocessing
+
+    from tiered.knn_faiss import FaissKNN, load_faiss
+
+    B, slots, width = 3, 600, 8
+    memory = torch.randn(B, slots, width, generator=torch.Generator().manual_seed(5))
+    written = torch.ones(B, slots, dtype=torch.bool)
+    index = FaissKNN(load_faiss(), B, slots, width, nprobe=2, exhaustive_rows=10,
+                     search_threads=2)  # fmt: skip
+    index.rebuild(memory, written)
+    queries = memory[:, :2]
+    expected = index.search(memory, written, queries, 4)  # the parent's pool now exists
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_search, args=(index, memory, written, queries, results))
+    child.start()  # a fork: the index is the parent's, copied; its pool would have no threads
+    try:
+        found = results.get(timeout=60)  # the old pool would never answer
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert found == expected.tolist()
+
+
+def _search(index, memory, written, queries, results) -> None:
+    results.put(index.search(memory, written, queries, 4).tolist())  # plain data: no fds

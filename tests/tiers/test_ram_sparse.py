@@ -328,7 +328,7 @@ def test_auto_mode_and_sizes():
 def test_auto_index_is_exact_on_cuda_at_any_size():
     # resolve_backend only reads the device type: no GPU is needed to check the choice
     assert resolve_backend("auto", 1 << 24, torch.device("cuda")) == "exact"
-    assert resolve_backend("auto", (1 << 15) - 1, torch.device("cpu")) == "exact"
+    assert resolve_backend("auto", (1 << 16) - 1, torch.device("cpu")) == "exact"
 
 
 def test_faiss_requested_without_faiss_falls_back_to_exact_with_a_warning(monkeypatch):
@@ -620,3 +620,15 @@ def test_sampled_recall_shows_a_lossy_index():
         hits += float(out.stats.recall_hits.sum())
     assert checked == 200 * 2 * 2 * 4 - 2 * 2 * (3 + 2 + 1)  # all but the first 3 steps' gaps
     assert 0 < hits < checked  # 1 of 64 lists visited per query: some neighbours missed
+
+
+def test_auto_picks_faiss_on_the_cpu_from_65536_slots_and_searches_with_torch_threads():
+    pytest.importorskip("faiss")
+    assert resolve_backend("auto", 1 << 16, torch.device("cpu")) == "faiss"
+    ram = RAM(1 << 16, 4, read_heads=1, sparse=True)
+    assert ram.nprobe == 64  # found >= 99% of stored rows from noisy copies up to 2^20
+    index = ram.initial_state(2).tape.index
+    assert index.search_threads == torch.get_num_threads() and index.nprobe == 64
+    again = RAM(1 << 16, 4, read_heads=1, sparse=True, search_threads=3, nprobe=5)
+    index = again.initial_state(2).tape.index
+    assert index.search_threads == 3 and index.nprobe == 5
