@@ -157,8 +157,7 @@ class FaissKNN(KNNIndex):
             if self._due(b):  # train on these rows, then add them once
                 self._train_on_memory(b, memory)
             else:
-                vectors = normalize_rows(memory[b, rows].detach()).float().cpu().numpy()
-                index.add_with_ids(np.ascontiguousarray(vectors), ids)
+                index.add_with_ids(_unit_rows(memory[b], ids), ids)
 
     def update(self, memory: Tensor, rows: Tensor, valid: Tensor) -> None:
         rows_cpu = rows.cpu().numpy()
