@@ -111,7 +111,8 @@ def test_a_quantiser_trained_on_the_memory_finds_the_neighbours_a_random_one_mis
                          train_on=train_on)  # fmt: skip
         index.rebuild(memory, written)
         recall[train_on] = recall_at_k(index.search(memory, written, queries, 8), exact)
-    assert recall["memory"] >= 0.95 and recall["memory"] >= recall["random"] + 0.1, recall
+    # 0.95 at this seed, 0.92 to 0.97 at others; the random quantiser 0.50 to 0.70
+    assert recall["memory"] >= 0.9 and recall["memory"] >= recall["random"] + 0.2, recall
 
 
 def test_the_quantiser_is_trained_again_each_time_the_rows_held_double():
