@@ -17,7 +17,6 @@ Writes experiments/results/long_run.{md,csv,png}.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -25,21 +24,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_markdown
+from machine import machine_markdown, status_mib, write_csv
 
 from tiered.malloc import tune_malloc
 from tiered.state import detach_state
 from tiered.tiers import RAM
 
 RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
-
-
-def resident_mib() -> float:
-    with open("/proc/self/status", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def source_found(state, queries: int = 64, noise: float = 0.5, k: int = 8) -> float:
@@ -69,7 +60,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
     state = ram.initial_state(args.batch)
     setup = time.perf_counter() - started
-    records = [{"steps": 0, "ms_per_step": float("nan"), "resident_mib": resident_mib(),
+    records = [{"steps": 0, "ms_per_step": float("nan"), "resident_mib": status_mib("VmRSS"),
                 "rows_written": 0.0, "heap_entries": 0, "source_found": float("nan"),
                 "elapsed_s": setup}]  # fmt: skip
     print(records[-1], flush=True)
@@ -92,7 +83,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             records.append({
                 "steps": done,
                 "ms_per_step": window_ms,
-                "resident_mib": resident_mib(),
+                "resident_mib": status_mib("VmRSS"),
                 "rows_written": float(tape.written.float().sum(-1).mean()),
                 "heap_entries": sum(len(h) for h in tape.usage.heaps) // args.batch,
                 "source_found": source_found(state),
@@ -103,10 +94,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def write(records: list[dict], args: argparse.Namespace, out: Path) -> None:
-    with open(out / "long_run.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
+    write_csv(out / "long_run.csv", records)
     timed = records[1:]
     first, last = timed[: max(1, len(timed) // 10)], timed[-max(1, len(timed) // 10) :]
 

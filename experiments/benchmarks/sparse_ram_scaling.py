@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_markdown
+from machine import machine_markdown, reset_peak_rss, status_mib
 
 from tiered import detach_state
 from tiered.malloc import tune_malloc
@@ -40,14 +40,6 @@ from tiered.tiers import RAM, SparseRAMState
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 B, T, W, R, K, LINKS = 8, 32, 64, 4, 8, 8
 SPARSE_MODES = {"cpu": ("exact", "faiss", "faiss-sam"), "cuda": ("exact", "exact-sam")}
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 class MemoryProbe:
@@ -59,19 +51,18 @@ class MemoryProbe:
     def current_mib(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device) / 2**20
-        return _status_kib("VmRSS") / 1024
+        return status_mib("VmRSS")
 
     def reset_peak(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            with open("/proc/self/clear_refs", "w", encoding="utf-8") as handle:
-                handle.write("5")  # reset the peak resident set (VmHWM) to the current one
+            reset_peak_rss()
 
     def peak_mib(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return _status_kib("VmHWM") / 1024
+        return status_mib("VmHWM")
 
     def sync(self) -> None:
         if self.device.type == "cuda":
