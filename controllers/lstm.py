@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from tiered.controllers.base import Controller
-from tiered.tier import Tier, TierStats
+from tiered.hierarchy import plan_hierarchy
+from tiered.tier import Spill, Tier, TierStats, Traffic, summarise_interface
 from tiered.tiers.register import Register, RegisterState
 from tiered.validation import check_bool, check_positive_int
 
@@ -31,11 +32,18 @@ class ControllerState(NamedTuple):
         register: the Register's state.
         tiers: one state per tier, in the order of the controller's ``tiers``.
         reads: (B, sum of read sizes), the tiers' reads at the previous step.
+        summaries: per tier, the summary (B, F) of its write features since its last tick
+            (tiers with ``period > 1`` and a ``clock_rule`` other than "last"), else None;
+            empty: none yet.
+        fills: per tier, the fill (``Spill``) a Cache with ``fill_from`` writes at the next
+            step, else None; empty: none yet.
     """
 
     register: RegisterState
     tiers: tuple[Any, ...]
     reads: Tensor
+    summaries: tuple[Tensor | None, ...] = ()
+    fills: tuple[Spill | None, ...] = ()
 
 
 class TierAux(NamedTuple):
@@ -133,7 +141,24 @@ class LSTMController(Controller):
         self.interface_sizes = [tier.interface_size for tier in tiers]
         register.build(input_size + self.reads_size)
         S = register.hidden_size
-        self.interface = nn.Linear(S, sum(self.interface_sizes)) if tiers else None
+        self.plan = plan_hierarchy(tiers)
+        self.spill_projections = nn.ModuleDict(
+            {name: nn.Linear(a, b, bias=False) for name, (a, b) in self.plan.projections.items()}
+        )
+        for tier in tiers:
+            if tier.clock_rule != "last" and not tier.write_slices:
+                raise ValueError(
+                    f"LSTMController: {type(tier).__name__} '{tier.name}' has "
+                    f"clock_rule={tier.clock_rule!r}, but it never writes; use 'last'"
+                )
+        # Tiers whose summaries take a learned gate: one more interface feature each.
+        self.gated = [
+            position
+            for position, tier in enumerate(tiers)
+            if tier.clock_rule == "gate" and tier.period > 1
+        ]
+        width = sum(self.interface_sizes) + len(self.gated)
+        self.interface = nn.Linear(S, width) if tiers else None
         check_bool("LSTMController", "input_skip", input_skip)
         self.input_skip = (
             nn.Linear(input_size, sum(self.interface_sizes), bias=False)
@@ -188,22 +213,65 @@ class LSTMController(Controller):
             torch.cat([x, state.reads], dim=-1), state.register
         )  # hidden: (B, S)
         stats = {self.register.name: register_stats}
-        reads, tier_states = [], []
-        if self.interface is not None:
-            features = self.interface(hidden)  # (B, sum of interface sizes)
-            if self.input_skip is not None:
-                features = features + self.input_skip(x)
-            interfaces = torch.split(features, self.interface_sizes, dim=-1)
-            for tier, interface, tier_state in zip(
-                self.tiers, interfaces, state.tiers, strict=True
-            ):
-                read, next_tier_state, tier_stats = tier(interface, tier_state)
-                reads.append(read)
-                tier_states.append(next_tier_state)
-                stats[tier.name] = tier_stats
-        all_reads = torch.cat(reads, dim=-1) if reads else state.reads  # (B, sum of reads)
+        if self.interface is None:
+            output = self.output(torch.cat([hidden, state.reads], dim=-1))  # (B, O)
+            return output, state._replace(register=register_state), stats
+        features = self.interface(hidden)  # (B, sum of interface sizes + gated tiers)
+        total = sum(self.interface_sizes)
+        interfaces = features[:, :total]
+        if self.input_skip is not None:
+            interfaces = interfaces + self.input_skip(x)
+        gates = torch.sigmoid(features[:, total:])  # (B, gated tiers)
+        n = len(self.tiers)
+        summaries = list(state.summaries or (None,) * n)
+        pending_fills = state.fills or (None,) * n
+        incoming: list[list[Spill]] = [[] for _ in range(n)]
+        outputs: list[Any] = [None] * n
+        traffic: list[Traffic] = [Traffic()] * n
+        for position, interface in zip(
+            self.plan.order,
+            (torch.split(interfaces, self.interface_sizes, dim=-1)[p] for p in self.plan.order),
+            strict=True,
+        ):
+            tier, tier_state = self.tiers[position], state.tiers[position]
+            if tier.clock_rule != "last" and tier.period > 1:
+                gate = (
+                    gates[:, self.gated.index(position)].unsqueeze(-1)
+                    if position in self.gated
+                    else None
+                )
+                interface, summaries[position] = summarised(
+                    tier, interface, summaries[position], tier_state.clock, gate
+                )
+            fill = pending_fills[position]
+            arrived = tuple(incoming[position]) + (() if fill is None else (fill,))
+            outputs[position], traffic[position] = tier.step(interface, tier_state, arrived)
+            spill = traffic[position].spill
+            if spill is not None and position in self.plan.spills:
+                if tier.name in self.spill_projections:
+                    spill = spill._replace(content=self.spill_projections[tier.name](spill.content))
+                incoming[self.plan.spills[position]].append(spill)
+        reads = [out.read for out in outputs]
+        for tier, out in zip(self.tiers, outputs, strict=True):
+            stats[tier.name] = out.stats
+        fills = tuple(
+            fills_for(
+                self.tiers[c], [(outputs[s].read, traffic[s], self.tiers[s]) for s in sources]
+            )
+            if c in self.plan.fills and (sources := self.plan.fills[c])
+            else None
+            for c in range(n)
+        )
+        all_reads = torch.cat(reads, dim=-1)  # (B, sum of reads)
         output = self.output(torch.cat([hidden, all_reads], dim=-1))  # (B, O)
-        return output, ControllerState(register_state, tuple(tier_states), all_reads), stats
+        next_state = ControllerState(
+            register_state,
+            tuple(out.state for out in outputs),
+            all_reads,
+            tuple(summaries) if any(s is not None for s in summaries) else (),
+            tuple(fills) if any(f is not None for f in fills) else (),
+        )
+        return output, next_state, stats
 
     def forward(self, x: Tensor, state: ControllerState | None = None) -> ControllerOutput:
         """Run over a sequence.
@@ -247,6 +315,58 @@ def identity_into_queries(tiers: list[Tier] | nn.ModuleList, input_size: int) ->
                 weight[offset + query.start : offset + query.stop] = torch.eye(input_size)
         offset += size
     return weight
+
+
+def summarised(
+    tier: Tier, interface: Tensor, previous: Tensor | None, clock: Tensor, gate: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """A slow tier's interface with its write features replaced by their summary.
+
+    Args:
+        tier: a tier with ``period > 1`` and a ``clock_rule`` other than "last".
+        interface: (B, interface_size) this step's features.
+        previous: (B, F) the summary after the previous step (None: none yet).
+        clock: (B,) the tier's steps taken.
+        gate: (B, 1) the learned gate for "gate", else None.
+
+    Returns:
+        The interface (B, interface_size) to step the tier with and the summary (B, F).
+    """
+    slices = tier.write_slices
+    features = torch.cat([interface[:, piece] for piece in slices], dim=-1)  # (B, F)
+    prev = torch.zeros_like(features) if previous is None else previous
+    summary = summarise_interface(tier.clock_rule, features, prev, clock, tier.period, gate)
+    parts, at, offset = [], 0, 0
+    for piece in slices:
+        parts.append(interface[:, at : piece.start])
+        width = piece.stop - piece.start
+        parts.append(summary[:, offset : offset + width])
+        at, offset = piece.stop, offset + width
+    parts.append(interface[:, at:])
+    return torch.cat(parts, dim=-1), summary
+
+
+def fills_for(cache: Tier, sources: list[tuple[Tensor, Traffic, Tier]]) -> Spill:
+    """What a Cache with ``fill_from`` writes at the next step: each source head's read
+    (B, W) as a row, gated by the head's largest read weight where it reaches the cache's
+    ``fill_threshold`` (0 below it).
+
+    Args:
+        cache: the Cache.
+        sources: per source tier, its read (B, R * W), its ``Traffic`` and the tier.
+
+    Returns:
+        ``Spill`` with rows (B, sum of R, W) and gates (B, sum of R).
+    """
+    rows, gates = [], []
+    for read, traffic, source in sources:
+        if traffic.peak is None:
+            raise ValueError(f"{type(source).__name__} '{source.name}' offers no read peaks")
+        B, R = traffic.peak.shape
+        rows.append(read.reshape(B, R, -1))
+        peak = traffic.peak
+        gates.append(peak * (peak.detach() >= cache.fill_threshold).to(peak.dtype))  # type: ignore[attr-defined]
+    return Spill(torch.cat(rows, dim=1), torch.cat(gates, dim=1))
 
 
 def _stack_stats(steps: list[TierStats], rewrite_penalty: float) -> TierAux:

@@ -15,7 +15,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from tiered.validation import check_name, check_non_negative_float, check_positive_int
+from tiered.validation import (
+    check_choice,
+    check_name,
+    check_non_negative_float,
+    check_positive_int,
+)
 
 # A weight above this counts as an access: SAM's delta (Rae et al. 2016). The sparse RAM
 # records accesses with it, and ``wrote`` counts a write only when its mass exceeds it.
@@ -153,6 +158,115 @@ class TierOutput(NamedTuple):
     stats: TierStats
 
 
+class Spill(NamedTuple):
+    """Content a tier overwrote this step, to be written into the tier named by its
+    ``spill_to`` (write-back), or content a lower tier read with high weight, to be written
+    into a Cache that names it in ``fill_from`` (fill on read).
+
+    Attributes:
+        content: (B, S, W) S rows of content, each of the source's width W (or projected
+            to the target's).
+        gate: (B, S) in [0, 1], how much of each row to write: 0 writes nothing.
+    """
+
+    content: Tensor
+    gate: Tensor
+
+
+class Traffic(NamedTuple):
+    """What a step of a tier offers the tiers around it (``Tier.step``).
+
+    Attributes:
+        spill: the content this step overwrote, when the tier has ``spill_to``; else None.
+        peak: (B, R) the largest read weight of each read head (differentiable): how
+            sharply the head found one row; None for tiers without read heads over slots.
+    """
+
+    spill: Spill | None = None
+    peak: Tensor | None = None
+
+
+def spill_of(removed: Tensor, weights: Tensor, occupied: Tensor) -> Spill:
+    """The one-row write-back of a step's overwrite.
+
+    The row is the erased content of the overwritten slots, averaged with weights
+    ``p_n = w_n f_n / g``, at the gate ``g = sum_n w_n f_n`` (clamped to 1): the share of
+    this step's write that landed on occupied slots. A one-hot write with weight ``w`` onto
+    an occupied slot ``n`` with erase ``e`` spills ``e * M[n]`` at gate ``w``; a write onto
+    an empty slot spills nothing.
+
+    Args:
+        removed: (B, N, W) the content each slot lost: ``M_{t-1}[n] * e * w_n`` summed over
+            the write heads' erase products (``M_{t-1} (1 - keep)``).
+        weights: (B, N) the write weight each slot received, summed over write heads.
+        occupied: (B, N) in [0, 1], how much each slot held content before this write
+            (detached).
+
+    Returns:
+        ``Spill`` with content (B, 1, W) and gate (B, 1).
+    """
+    share = weights * occupied.detach()  # (B, N)
+    gate = share.sum(dim=-1).clamp(max=1.0)  # (B,)
+    # removed[n] already carries w_n; dividing by w_n and weighting by p_n gives
+    # sum_n (f_n / g) removed[n]
+    scale = occupied.detach() / gate.detach().clamp_min(1e-6).unsqueeze(-1)  # (B, N)
+    content = torch.einsum("bn,bnw->bw", scale, removed)
+    return Spill(content.unsqueeze(1), gate.unsqueeze(1))
+
+
+def join_spills(spills: list[Spill] | tuple[Spill, ...]) -> Spill | None:
+    """The rows of several spills as one (rows concatenated), or None when there are none."""
+    if not spills:
+        return None
+    if len(spills) == 1:
+        return spills[0]
+    return Spill(
+        torch.cat([s.content for s in spills], dim=1), torch.cat([s.gate for s in spills], dim=1)
+    )
+
+
+def summarise_interface(
+    rule: str, x: Tensor, prev: Tensor, clock: Tensor, period: int, gate: Tensor | None
+) -> Tensor:
+    """One step of a slow tier's summary of the write features it was given since its last
+    tick (``Tier(clock_rule=...)``).
+
+    The window of a tick at step ``c`` (a multiple of ``period``) is steps ``c - period + 1 ..
+    c``; step 0's window is step 0 alone. At each step the summary takes the step's
+    features ``x``; at a tick the tier writes with the summary instead of ``x``.
+
+    - ``"last"``: ``s_t = x_t``: the tick's own features (what the tier got without a rule).
+    - ``"mean"``: the running mean over the window.
+    - ``"gate"``: ``s_t = g_t x_t + (1 - g_t) s_{t-1}`` with a learned gate ``g_t`` in
+      [0, 1] (the controller's), ``s = x`` at a window's first step.
+
+    Args:
+        rule: "last", "mean" or "gate".
+        x: (B, F) this step's write features.
+        prev: (B, F) the summary after the previous step.
+        clock: (B,) steps taken before this one.
+        period: the tier's period.
+        gate: (B, 1) in [0, 1] for ``"gate"``, else None.
+
+    Returns:
+        (B, F) the summary after this step.
+    """
+    if rule == "last" or period == 1:
+        return x
+    position = torch.remainder(clock - 1, period) + 1  # 1..period within the window
+    first = ((position == 1) | (clock == 0)).unsqueeze(-1)  # (B, 1)
+    if rule == "mean":
+        count = torch.where(clock == 0, 1, position).unsqueeze(-1).to(x.dtype)
+        return torch.where(first, x, prev + (x - prev) / count)
+    if rule == "gate":
+        assert gate is not None
+        return torch.where(first, x, gate * x + (1.0 - gate) * prev)
+    raise ValueError(f"summarise_interface: rule must be 'last', 'mean' or 'gate', got {rule!r}")
+
+
+CLOCK_RULES = ("last", "mean", "gate")
+
+
 # Lightning's running stages (``trainer.state.stage``), which tiers may act on.
 STAGES = ("train", "sanity_check", "validate", "test", "predict")
 
@@ -193,16 +307,33 @@ class Tier(nn.Module, abc.ABC):
             reads are served every step.
         name: the tier's name in logs and in the controller's ``aux`` record; defaults to
             the class name in lower case.
+        clock_rule: with ``period > 1``, what the tier writes at a tick: "last" (the tick's
+            own write features), "mean" (their mean over the steps since the last tick) or
+            "gate" (a learned gated summary of them); see ``summarise_interface``. The
+            controller keeps the summary; tiers that never write take only "last".
     """
 
+    # Tiers whose writes can take another tier's spills (``spill_to`` targets).
+    accepts_spills = False
+    # Tiers whose reads (``Traffic.peak``) can fill a Cache (``fill_from`` sources).
+    fills_caches = False
+
     def __init__(
-        self, rewrite_penalty: float = 0.0, period: int = 1, name: str | None = None
+        self,
+        rewrite_penalty: float = 0.0,
+        period: int = 1,
+        name: str | None = None,
+        clock_rule: str = "last",
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         self.rewrite_penalty = check_non_negative_float(owner, "rewrite_penalty", rewrite_penalty)
         self.period = check_positive_int(owner, "period", period)
         self.name = check_name(owner, owner.lower() if name is None else name)
+        self.clock_rule = check_choice(owner, "clock_rule", clock_rule, CLOCK_RULES)
+        # The tier to write back into (``spill_to``), set by tiers that overwrite content.
+        self.spill_to: str | None = None
+        self.spill_projection = False
         # The running stage, one of STAGES, set by the training module before each batch;
         # None outside Lightning, where ``current_stage`` follows ``self.training``.
         self.stage: str | None = None
@@ -243,6 +374,24 @@ class Tier(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, interface: Tensor, state: Any) -> TierOutput:
         """One step: ``interface`` (batch, interface_size) and the previous state."""
+
+    @property
+    def write_slices(self) -> list[slice]:
+        """Where in the interface the tier reads the features that only its writes use (a
+        slow tier's ``clock_rule`` summarises them); none for tiers that never write."""
+        return []
+
+    def step(
+        self, interface: Tensor, state: Any, incoming: tuple[Spill, ...] = ()
+    ) -> tuple[TierOutput, Traffic]:
+        """One step, with the hierarchy's traffic: ``incoming`` spills (or fills) to write
+        this step, and the ``Traffic`` (spill, read peaks) it offers the other tiers.
+
+        The default serves tiers that take no spills and offer none: ``forward``.
+        """
+        if incoming:
+            raise ValueError(f"{type(self).__name__} '{self.name}' cannot take spills or fills")
+        return self(interface, state), Traffic()
 
     @property
     def query_slices(self) -> list[slice]:

@@ -70,10 +70,52 @@ def erase_and_write(
         The new memory (B, N, W) and the amount of stored content erased (B,):
         ``sum |M_{t-1} * (1 - prod_h(1 - w_h e_h^T))|``, the ``rewrite`` statistic.
     """
+    new, removed = overwrite(memory, write_weights, erase, add)
+    return new, removed.abs().sum(dim=(-2, -1))
+
+
+def overwrite(
+    memory: Tensor, write_weights: Tensor, erase: Tensor, add: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``erase_and_write`` with the content each slot lost, for write-back (``spill_to``).
+
+    Args:
+        memory, write_weights, erase, add: as in ``erase_and_write``.
+
+    Returns:
+        The new memory (B, N, W) and the removed content (B, N, W),
+        ``M_{t-1} * (1 - prod_h(1 - w_h e_h^T))``.
+    """
     keep = torch.prod(1.0 - write_weights.unsqueeze(-1) * erase.unsqueeze(-2), dim=1)  # (B,N,W)
     written = torch.einsum("bhn,bhw->bnw", write_weights, add)  # (B, N, W)
-    erased = (memory * (1.0 - keep)).abs().sum(dim=(-2, -1))  # (B,)
-    return memory * keep + written, erased
+    return memory * keep + written, memory * (1.0 - keep)
+
+
+def write_rows_to_free_slots(
+    memory: Tensor, usage: Tensor, rows: Tensor, gates: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Write S incoming rows (spills or fills) into the S least used slots, replacing them.
+
+    Row s goes to the slot of rank s in ascending usage (hard choice, no gradient through
+    it), with weight ``gates[:, s]`` and a full erase: ``M[n] <- M[n] (1 - g) + g v``.
+
+    Args:
+        memory: (B, N, W).
+        usage: (B, N), lower is freer.
+        rows: (B, S, W), S <= N.
+        gates: (B, S) in [0, 1].
+
+    Returns:
+        The new memory (B, N, W), the removed content (B, N, W) and the write weights
+        (B, S, N).
+    """
+    S = rows.shape[1]
+    order = torch.sort(usage.detach(), dim=-1, stable=True).indices[:, :S]  # (B, S)
+    one_hot = torch.zeros(*rows.shape[:2], usage.shape[-1], dtype=memory.dtype,
+                          device=memory.device).scatter(-1, order.unsqueeze(-1), 1.0)  # fmt: skip
+    weights = one_hot * gates.unsqueeze(-1)  # (B, S, N)
+    new, removed = overwrite(memory, weights, torch.ones_like(rows), rows)
+    return new, removed, weights
 
 
 def read_words(memory: Tensor, read_weights: Tensor) -> Tensor:

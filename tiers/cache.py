@@ -18,9 +18,25 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tiered.tier import Tier, TierOutput, blend, tier_stats, write_ticks
+from tiered.hierarchy import check_tier_name, hierarchy_repr
+from tiered.tier import (
+    Spill,
+    Tier,
+    TierOutput,
+    Traffic,
+    blend,
+    join_spills,
+    spill_of,
+    tier_stats,
+    write_ticks,
+)
 from tiered.tiers import addressing
-from tiered.validation import check_non_negative_float, check_positive_int
+from tiered.validation import (
+    check_bool,
+    check_non_negative_float,
+    check_positive_int,
+    check_unit_interval,
+)
 
 
 class CacheState(NamedTuple):
@@ -137,6 +153,19 @@ class Cache(Tier):
         rewrite_penalty: lambda, the weight of the erased content in the loss.
         period: the cache writes only on every ``period``-th step; reads every step.
         name: the tier's name in logs; defaults to ``"cache"``.
+        spill_to: write-back: the name of a lower tier (a RAM or a Disk of the same
+            controller) that receives what each write overwrites, instead of losing it
+            (``tiered.tier.spill_of``); None: overwritten content is lost.
+        spill_projection: when the target's width differs from this cache's, map spilled
+            rows through a trainable linear projection (owned by the controller);
+            without it a width mismatch is an error.
+        fill_from: fill on read: names of lower tiers whose reads are written into this
+            cache at the next step when a head read them sharply (its largest read weight
+            at least ``fill_threshold``), into the least used slots, with that weight as
+            the write gate. Fills happen every step, whatever the period.
+        fill_threshold: in [0, 1]: the largest read weight a head of a ``fill_from`` tier
+            needs for its read to be filled in.
+        clock_rule: with ``period > 1``: "last", "mean" or "gate" (``tiered.tier.Tier``).
     """
 
     def __init__(
@@ -148,8 +177,24 @@ class Cache(Tier):
         rewrite_penalty: float = 0.0,
         period: int = 1,
         name: str | None = None,
+        spill_to: str | None = None,
+        spill_projection: bool = False,
+        fill_from: list[str] | None = None,
+        fill_threshold: float = 0.5,
+        clock_rule: str = "last",
     ) -> None:
-        super().__init__(rewrite_penalty=rewrite_penalty, period=period, name=name)
+        super().__init__(
+            rewrite_penalty=rewrite_penalty, period=period, name=name, clock_rule=clock_rule
+        )
+        self.spill_to = check_tier_name("Cache", "spill_to", spill_to)
+        self.spill_projection = check_bool("Cache", "spill_projection", spill_projection)
+        if fill_from is not None and (
+            not isinstance(fill_from, (list, tuple))
+            or not all(isinstance(n, str) and n for n in fill_from)
+        ):
+            raise ValueError(f"Cache: fill_from must be a list of tier names, got {fill_from!r}")
+        self.fill_from = list(fill_from or [])
+        self.fill_threshold = check_unit_interval("Cache", "fill_threshold", fill_threshold)
         self.slots = check_positive_int("Cache", "slots", slots)
         self.width = check_positive_int("Cache", "width", width)
         self.read_heads = check_positive_int("Cache", "read_heads", read_heads)
@@ -183,6 +228,13 @@ class Cache(Tier):
             clock=torch.zeros(B, device=device, dtype=torch.long),
         )
 
+    @property
+    def write_slices(self) -> list[slice]:
+        """The write key, strength, erase, add and the two gates: after the read heads'
+        keys and strengths."""
+        R, W = self.read_heads, self.width
+        return [slice(R * (W + 1), self.interface_size)]
+
     def forward(self, interface: Tensor, state: CacheState) -> TierOutput:
         """One step: write (on ticks), then read.
 
@@ -193,38 +245,85 @@ class Cache(Tier):
         Returns:
             ``TierOutput`` with the read words (B, R * W), the next state and stats.
         """
+        return self.step(interface, state)[0]
+
+    def step(
+        self, interface: Tensor, state: CacheState, incoming: tuple[Spill, ...] = ()
+    ) -> tuple[TierOutput, Traffic]:
+        """One step: fills (every step), the write (on ticks), then the reads.
+
+        Args:
+            interface: (B, interface_size).
+            state: the previous ``CacheState``.
+            incoming: fills from the ``fill_from`` tiers: rows (B, S, W) and gates (B, S),
+                written first into the S least used slots
+                (``addressing.write_rows_to_free_slots``); the write's allocation then
+                takes the least used slot after them.
+
+        Returns:
+            The ``TierOutput`` and the ``Traffic``: the spill (with ``spill_to``: one row
+            for the fills' overwrite, when there were fills, then one for the write's) and
+            each read head's largest weight.
+        """
         self.check_interface(interface, state.clock)
         p = parse_cache_interface(interface, self.width, self.read_heads)
         tick = write_ticks(state.clock, self.period)  # (B,)
+        B = interface.shape[0]
 
-        allocation = least_used_weights(state.usage).unsqueeze(1)  # (B, 1, N)
-        content = addressing.content_weights(state.memory, p.write_key, p.write_strength)
+        memory, usage, written = state.memory, state.usage, state.written
+        spills, fill_weights, fill_erased = [], None, 0.0
+        if incoming:
+            rows = torch.cat([fill.content for fill in incoming], dim=1)  # (B, S, W)
+            gates = torch.cat([fill.gate for fill in incoming], dim=1)  # (B, S)
+            if rows.shape[1] > self.slots:
+                raise ValueError(
+                    f"Cache '{self.name}': {rows.shape[1]} fills in one step need at most "
+                    f"as many slots, the cache has {self.slots}"
+                )
+            memory, removed, fill_weights = addressing.write_rows_to_free_slots(
+                memory, usage, rows, gates
+            )  # fill_weights: (B, S, N)
+            fill_erased = removed.abs().sum(dim=(-2, -1))
+            if self.spill_to is not None:
+                spills.append(spill_of(removed, fill_weights.sum(dim=1), written))
+            touched = 1.0 - torch.prod(1.0 - fill_weights.detach(), dim=1)  # (B, N)
+            written = addressing.mark_written(written, fill_weights.detach())
+            usage = usage + touched - usage * touched  # the filled slots count as used
+
+        allocation = least_used_weights(usage).unsqueeze(1)  # (B, 1, N)
+        content = addressing.content_weights(memory, p.write_key, p.write_strength)
         write_weights = addressing.write_weights(
             allocation, content, p.allocation_gate, p.write_gate
         )  # (B, 1, N)
         write_weights = write_weights * tick.to(write_weights.dtype)[:, None, None]
-        memory, erased = addressing.erase_and_write(state.memory, write_weights, p.erase, p.add)
+        before = memory
+        memory, removed = addressing.overwrite(before, write_weights, p.erase, p.add)
+        erased = removed.abs().sum(dim=(-2, -1)) + fill_erased
         if self.period > 1:
-            memory = blend(tick, memory, state.memory)
+            memory = blend(tick, memory, before)
+        if self.spill_to is not None:
+            spills.append(spill_of(removed, write_weights.sum(dim=1), written))
 
         read_weights = addressing.content_weights(memory, p.read_keys, p.read_strengths)
         words = addressing.read_words(memory, read_weights)  # (B, R, W)
-        usage = update_recency(state.usage, write_weights, read_weights, self.usage_decay)
+        accesses = (
+            write_weights
+            if fill_weights is None
+            else torch.cat([fill_weights, write_weights], dim=1)
+        )
+        usage = update_recency(state.usage, accesses, read_weights, self.usage_decay)
+        written = addressing.mark_written(written, write_weights.detach())  # (B, N)
 
-        written = addressing.mark_written(state.written, write_weights.detach())  # (B, N)
-
-        B = interface.shape[0]
+        mass = accesses.sum(dim=(1, 2))  # g^w on ticks, 0 off them, plus the fills' gates
         stats = tier_stats(
-            erased,
-            write_mass=write_weights.sum(dim=(1, 2)),  # g^w on ticks, 0 off them
-            read_weights=read_weights,
-            slots_used=written.sum(dim=-1),
+            erased, write_mass=mass, read_weights=read_weights, slots_used=written.sum(dim=-1)
         )
         next_state = CacheState(memory, usage, written, read_weights, state.clock + 1)
-        return TierOutput(words.reshape(B, -1), next_state, stats)
+        traffic = Traffic(spill=join_spills(spills), peak=read_weights.max(dim=-1).values)
+        return TierOutput(words.reshape(B, -1), next_state, stats), traffic
 
     def extra_repr(self) -> str:
         return (
             f"slots={self.slots}, width={self.width}, read_heads={self.read_heads}, "
-            f"usage_decay={self.usage_decay}, " + super().extra_repr()
+            f"usage_decay={self.usage_decay}, " + super().extra_repr() + hierarchy_repr(self)
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tiered.hierarchy import check_tier_name, hierarchy_repr
 from tiered.knn import (
     DEFAULT_NPROBE,
     EXHAUSTIVE_ROWS,
@@ -19,7 +20,7 @@ from tiered.knn import (
     resolve_backend,
     set_faiss_threads,
 )
-from tiered.tier import Tier, TierOutput, head_slices, tier_stats, write_ticks
+from tiered.tier import Spill, Tier, TierOutput, Traffic, head_slices, tier_stats, write_ticks
 from tiered.tiers.ram_dense import RAMState, dense_step, ram_interface_size
 from tiered.tiers.ram_sparse import (
     SparseRAMState,
@@ -28,7 +29,12 @@ from tiered.tiers.ram_sparse import (
     sparse_step,
 )
 from tiered.tiers.sparse_links import LinkTables
-from tiered.validation import check_choice, check_non_negative_int, check_positive_int
+from tiered.validation import (
+    check_bool,
+    check_choice,
+    check_non_negative_int,
+    check_positive_int,
+)
 
 # sparse="auto" switches to sparse mode above this many slots.
 SPARSE_AUTO_SLOTS = 1024
@@ -79,7 +85,21 @@ class RAM(Tier):
         period: the RAM writes only on every ``period``-th step; reads are served, and free
             gates release slots, every step.
         name: the tier's name in logs; defaults to ``"ram"``.
+        spill_to: write-back: the name of a lower tier (another RAM or a Disk of the same
+            controller) that receives what each write overwrites (in dense mode, weighted
+            by the slots' usage after the free gates: freed content is not written back).
+        spill_projection: when the target's width differs, map spilled rows through a
+            trainable linear projection (owned by the controller); without it a width
+            mismatch is an error.
+        clock_rule: with ``period > 1``: "last", "mean" or "gate" (``tiered.tier.Tier``).
+
+    A RAM also takes spills from tiers that name it in ``spill_to``: each spilled row is
+    written, the step it arrives and whatever the period, into the least used slot
+    (``dense_step`` and ``sparse_step`` document the rule).
     """
+
+    accepts_spills = True
+    fills_caches = True
 
     def __init__(
         self,
@@ -99,8 +119,15 @@ class RAM(Tier):
         rewrite_penalty: float = 0.0,
         period: int = 1,
         name: str | None = None,
+        spill_to: str | None = None,
+        spill_projection: bool = False,
+        clock_rule: str = "last",
     ) -> None:
-        super().__init__(rewrite_penalty=rewrite_penalty, period=period, name=name)
+        super().__init__(
+            rewrite_penalty=rewrite_penalty, period=period, name=name, clock_rule=clock_rule
+        )
+        self.spill_to = check_tier_name("RAM", "spill_to", spill_to)
+        self.spill_projection = check_bool("RAM", "spill_projection", spill_projection)
         self.slots = check_positive_int("RAM", "slots", slots)
         self.width = check_positive_int("RAM", "width", width)
         self.read_heads = check_positive_int("RAM", "read_heads", read_heads)
@@ -241,6 +268,17 @@ class RAM(Tier):
             clock=state.clock.clone(),
         )
 
+    @property
+    def write_slices(self) -> list[slice]:
+        """The features only writes use. Dense: the write keys, strengths, erase and write
+        vectors and the gates (after the read keys, strengths, free gates and read modes).
+        Sparse: erase, add, the write gate and the interpolation gate."""
+        R, W, H = self.read_heads, self.width, self.write_heads
+        if self.sparse:
+            start = R * (W + 1)
+            return [slice(start, start + 2 * W + 2)]
+        return [slice(R * (W + 3 + 2 * H), self.interface_size)]
+
     def forward(self, interface: Tensor, state: RAMState | SparseRAMState) -> TierOutput:
         """One step: write (on ticks), then read.
 
@@ -251,19 +289,31 @@ class RAM(Tier):
         Returns:
             ``TierOutput`` with the read words (B, R * W), the next ``RAMState`` and stats.
         """
+        return self.step(interface, state)[0]
+
+    def step(
+        self,
+        interface: Tensor,
+        state: RAMState | SparseRAMState,
+        incoming: tuple[Spill, ...] = (),
+    ) -> tuple[TierOutput, Traffic]:
+        """One step with the hierarchy's traffic: write (on ticks), write the ``incoming``
+        spills, then read; returns the ``TierOutput`` and the ``Traffic`` (this step's
+        spill with ``spill_to``, each read head's largest weight)."""
         self.check_interface(interface, state.clock)
         tick = write_ticks(state.clock, self.period)  # (B,)
+        spill = self.spill_to is not None
         if self.sparse:
             state.tape.check_newest(state.token, f"RAM '{self.name}'")  # type: ignore[union-attr]
             check = self.samples_recall and int(state.clock[0]) % self.recall_every == 0
-            words, next_state, erased, mass, in_use, recall = sparse_step(
+            words, next_state, erased, mass, in_use, recall, spilled = sparse_step(
                 interface, state, width=self.width, read_heads=self.read_heads, k=self.k,
-                tick=tick, check_recall=check,
+                tick=tick, check_recall=check, incoming=incoming, spill=spill,
             )  # type: ignore[arg-type]  # fmt: skip
         else:
-            words, next_state, erased, mass, in_use = dense_step(
+            words, next_state, erased, mass, in_use, spilled = dense_step(
                 interface, state, width=self.width, read_heads=self.read_heads,
-                write_heads=self.write_heads, tick=tick,
+                write_heads=self.write_heads, tick=tick, incoming=incoming, spill=spill,
             )  # type: ignore[arg-type]  # fmt: skip
             recall = None
         # read weights: (B, R, N) dense, (B, R, K) sparse, so O(R K) per step there
@@ -272,7 +322,8 @@ class RAM(Tier):
             erased, write_mass=mass, read_weights=next_state.read_weights, slots_used=in_use,
             recall_checked=checked, recall_hits=hits,
         )  # fmt: skip
-        return TierOutput(words, next_state, stats)
+        peak = next_state.read_weights.max(dim=-1).values  # (B, R)
+        return TierOutput(words, next_state, stats), Traffic(spill=spilled, peak=peak)
 
     def extra_repr(self) -> str:
         mode = (
@@ -282,5 +333,7 @@ class RAM(Tier):
         )
         return (
             f"slots={self.slots}, width={self.width}, read_heads={self.read_heads}, "
-            f"write_heads={self.write_heads}, {mode}, " + super().extra_repr()
+            f"write_heads={self.write_heads}, {mode}, "
+            + super().extra_repr()
+            + hierarchy_repr(self)
         )

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from tiered.tier import Spill, join_spills, spill_of
 from tiered.tiers import addressing, linkage
 
 
@@ -134,19 +135,30 @@ def dense_step(
     read_heads: int,
     write_heads: int,
     tick: Tensor,
-) -> tuple[Tensor, RAMState, Tensor, Tensor, Tensor]:
-    """One DNC step: write (on ticks), then read.
+    incoming: tuple[Spill, ...] = (),
+    spill: bool = False,
+) -> tuple[Tensor, RAMState, Tensor, Tensor, Tensor, Spill | None]:
+    """One DNC step: write (on ticks), take incoming spills, then read.
 
     Args:
         interface: (B, ram_interface_size).
         state: the previous ``RAMState``.
         tick: (B,) boolean, True where the RAM writes this step.
+        incoming: spills from tiers that name this RAM in ``spill_to``: rows (B, S, W)
+            with gates (B, S), written after the heads' write, every step, into the S
+            least used slots (counting this step's write; a hard choice, see
+            ``addressing.write_rows_to_free_slots``). They join no temporal link: a
+            spilled row is found by content.
+        spill: return what this step overwrote (``tiered.tier.spill_of``, with the usage
+            after the free gates as how occupied each slot was), one row for the heads'
+            write and one for the incoming spills' when there were any.
 
     Returns:
         words (B, R * W), the next state, the erased content (B,), the write mass
-        ``sum_h sum_n w^w_h[n]`` (B,) and the slots in use (B,): the usage after this
-        step's write, ``sum_n (u_t + w - u_t w)`` with w = 1 - prod_h(1 - w^w_h), which
-        the next step's usage starts from (detached).
+        ``sum_h sum_n w^w_h[n]`` plus the spills' gates (B,), the slots in use (B,): the
+        usage after this step's writes, ``sum_n (u_t + w - u_t w)`` with
+        w = 1 - prod_h(1 - w^w_h), which the next step's usage starts from (detached), and
+        the spill (or None).
     """
     p = parse_ram_interface(interface, width, read_heads, write_heads)
 
@@ -162,11 +174,32 @@ def dense_step(
     # Off ticks the write weights are zero, so memory, links and precedence are carried
     # exactly (x * 1 + 0); usage still follows the free gates every step.
     write_weights = write_weights * tick.to(write_weights.dtype)[:, None, None]
-    memory, erased = addressing.erase_and_write(
-        state.memory, write_weights, p.erase, p.write_vectors
-    )
+    memory, removed = addressing.overwrite(state.memory, write_weights, p.erase, p.write_vectors)
+    erased = removed.abs().sum(dim=(-2, -1))  # (B,)
+    spills = [spill_of(removed, write_weights.sum(dim=1), usage)] if spill else []
     link = linkage.update_link(state.link, state.precedence, write_weights)
     precedence = linkage.update_precedence(state.precedence, write_weights)
+    weights = write_weights.detach()
+    in_use = addressing.mark_written(usage.detach(), weights)  # (B, N)
+    mass = weights.sum(dim=(1, 2))
+    if incoming:
+        rows = torch.cat([s.content for s in incoming], dim=1)  # (B, S, W)
+        gates = torch.cat([s.gate for s in incoming], dim=1)  # (B, S)
+        if rows.shape[1] > memory.shape[1]:
+            raise ValueError(
+                f"RAM: {rows.shape[1]} spilled rows in one step need at most as many "
+                f"slots, the RAM has {memory.shape[1]}"
+            )
+        occupied = addressing.mark_written(usage, write_weights)  # this step's write counts
+        memory, removed, spill_weights = addressing.write_rows_to_free_slots(
+            memory, occupied, rows, gates
+        )  # spill_weights: (B, S, N)
+        erased = erased + removed.abs().sum(dim=(-2, -1))
+        if spill:
+            spills.append(spill_of(removed, spill_weights.sum(dim=1), occupied))
+        usage = addressing.mark_written(usage, spill_weights)  # the next allocation avoids them
+        in_use = addressing.mark_written(in_use, spill_weights.detach())
+        mass = mass + spill_weights.detach().sum(dim=(1, 2))
     # Read: content on the new memory, forward/backward along the links.
     read_content = addressing.content_weights(memory, p.read_keys, p.read_strengths)
     forward = linkage.directional_read_weights(link, state.read_weights, forward=True)
@@ -182,7 +215,5 @@ def dense_step(
         usage=usage,
         clock=state.clock + 1,
     )
-    weights = write_weights.detach()
-    in_use = addressing.mark_written(usage.detach(), weights).sum(dim=-1)  # (B,)
     words = words.reshape(interface.shape[0], -1)
-    return words, next_state, erased, weights.sum(dim=(1, 2)), in_use
+    return words, next_state, erased, mass, in_use.sum(dim=-1), join_spills(spills)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from tiered.knn import exact_search
+from tiered.tier import Spill, join_spills, spill_of
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.sparse_links import (
     LinkTables,
@@ -255,17 +256,29 @@ def sparse_step(
     k: int,
     tick: Tensor,
     check_recall: bool = False,
-) -> tuple[Tensor, SparseRAMState, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
-    """One step: write (on ticks), update the links, then read K rows per head.
+    incoming: tuple[Spill, ...] = (),
+    spill: bool = False,
+) -> tuple[
+    Tensor, SparseRAMState, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None, Spill | None
+]:
+    """One step: write (on ticks), take incoming spills, update the links, then read K rows
+    per head.
 
     With ``check_recall`` the rows the index returned for the content queries are checked
     against exact search (``index_recall``): O(B N W) on that step.
 
+    ``incoming`` spills (rows (B, S, W), gates (B, S)) are written after the write, every
+    step, one row at a time into the least recently used row (``M[lru] <- M[lru] (1 - g) +
+    g v``, in place, with the same rollback), which then counts as accessed; they join no
+    temporal link. With ``spill``, what the step overwrote is returned as a spill
+    (``tiered.tier.spill_of`` over the written rows, a row ever written counting as
+    occupied): one row for the write and one per incoming row.
+
     Returns:
         words (B, R * W), the next state, the erased content (B,), the write mass
-        ``sum_c w_c`` over the written rows (B,) (0 off ticks; detached), the rows ever
-        written (B,), and with ``check_recall`` the exact neighbours checked and the hits
-        (B,) each, else None.
+        ``sum_c w_c`` over the written rows plus the spills' gates (B,) (detached), the rows
+        ever written (B,), with ``check_recall`` the exact neighbours checked and the hits
+        (B,) each, else None, and the spill (or None).
     """
     tape: SparseTape = state.tape
     links = tape.links
@@ -276,17 +289,41 @@ def sparse_step(
         state.read_indices, state.read_weights, lru, p.interpolation, p.write_gate
     )
     weights = weights * tick.to(weights.dtype).unsqueeze(1)  # (B, C); zero off ticks
-    old = tape.gather(rows)  # (B, C, W), a copy: the rows before this write
+    token = state.token
+    spills = []
+    if spill:  # the rows before the write, as part of the graph: spills carry gradient back
+        old, token = _GatherRows.apply(token, tape, rows)  # (B, C, W)
+        occupied = (tape.written.gather(1, rows) & valid).to(old.dtype)
+        removed = old * weights.unsqueeze(-1) * p.erase.unsqueeze(1)
+        spills.append(spill_of(removed, weights, occupied))
+        old = old.detach()
+    else:
+        old = tape.gather(rows)  # (B, C, W), a copy: the rows before this write
     erased = (old * weights.unsqueeze(-1) * p.erase.unsqueeze(1)).abs().sum(dim=(1, 2))
-    token = _WriteRows.apply(state.token, weights, p.erase, p.add, tape, rows, valid, old)
-    changed = valid & (weights.detach() > 0)
-    newly = changed & ~tape.written.gather(1, rows)
-    tape.written.view(-1)[tape.flat_rows(rows)[changed]] = True
-    tape.in_use += newly.sum(dim=1)
-    tape.index.update(tape.memory, rows, changed)
-    record_access(tape, rows, weights, state.clock)
+    token = _WriteRows.apply(token, weights, p.erase, p.add, tape, rows, valid, old)
+    _after_write(tape, rows, valid, weights, state.clock)
+    mass = weights.detach().sum(dim=1)  # (B,)
+    for row in (s for spilled in incoming for s in _rows_of(spilled)):
+        content, gate = row  # (B, W), (B, 1)
+        lru = torch.tensor(tape.usage.least_recently_used(), device=interface.device)
+        target = lru.unsqueeze(1)  # (B, 1)
+        every = torch.ones_like(target, dtype=torch.bool)
+        if spill:
+            old, token = _GatherRows.apply(token, tape, target)
+            occupied = tape.written.gather(1, target).to(old.dtype)
+            spills.append(spill_of(old * gate.unsqueeze(-1), gate, occupied))
+            old = old.detach()
+        else:
+            old = tape.gather(target)
+        erased = erased + (old * gate.unsqueeze(-1)).abs().sum(dim=(1, 2))
+        token = _WriteRows.apply(
+            token, gate, torch.ones_like(content), content, tape, target, every, old
+        )
+        _after_write(tape, target, every, gate, state.clock)
+        mass = mass + gate.detach().sum(dim=1)
     precedence_rows, precedence = state.precedence_rows, state.precedence
     if links is not None:
+        changed = valid & (weights.detach() > 0)
         written_rows, w = torch.where(changed, rows, -1), weights.detach() * changed
         update_links(links, precedence_rows, precedence, written_rows, w)
         precedence_rows, precedence = update_precedence(
@@ -319,9 +356,32 @@ def sparse_step(
         tape=tape,
     )
     tape.advance(token)
-    mass = weights.detach().sum(dim=1)  # (B,)
     in_use = tape.in_use.to(interface.dtype)
-    return words.reshape(B, -1), next_state, erased, mass, in_use, recall
+    return words.reshape(B, -1), next_state, erased, mass, in_use, recall, join_spills(spills)
+
+
+def _after_write(
+    tape: SparseTape, rows: Tensor, valid: Tensor, weights: Tensor, clock: Tensor
+) -> None:
+    """Mark the rows a write changed as written, update the index and the accesses.
+
+    Args:
+        rows: (B, C) the rows written; valid: (B, C) which are distinct rows; weights:
+            (B, C) their write weights; clock: (B,) the step.
+    """
+    changed = valid & (weights.detach() > 0)
+    newly = changed & ~tape.written.gather(1, rows)
+    tape.written.view(-1)[tape.flat_rows(rows)[changed]] = True
+    tape.in_use += newly.sum(dim=1)
+    tape.index.update(tape.memory, rows, changed)
+    record_access(tape, rows, weights, clock)
+
+
+def _rows_of(spilled: Spill) -> list[tuple[Tensor, Tensor]]:
+    """A spill's rows one by one: content (B, W) and gate (B, 1)."""
+    return [
+        (spilled.content[:, s], spilled.gate[:, s : s + 1]) for s in range(spilled.gate.shape[1])
+    ]
 
 
 def index_recall(tape: SparseTape, queries: Tensor, found: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,181 @@
+"""The hierarchy's links between tiers: write-back (``spill_to``) and fill on read
+(``fill_from``), checked when a controller is built, and the order tiers step in.
+
+A spill moves content down: what a tier's write overwrites is written, the same step, into
+the tier it names (a RAM or a Disk), so a spill's source steps before its target. A fill
+moves content up: what a lower tier read with high weight is written into a Cache at the
+next step. ``plan_hierarchy`` checks every link and raises one error naming the tiers for
+an unknown name, a link to itself, a cycle, a target that cannot take writes (a ROM, a
+Register, a Cache) and a width mismatch without a projection.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import nn
+
+from tiered.tier import Tier
+from tiered.validation import check_name
+
+
+def check_tier_name(owner: str, field: str, value: object) -> str | None:
+    """``value`` if it is None or a usable tier name, else an error naming ``field``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}: {field} must be a tier name or null, got {value!r}")
+    return check_name(f"{owner}: {field}", value)
+
+
+def hierarchy_repr(tier: Tier) -> str:
+    """The hierarchy settings of a tier that has any, for ``extra_repr``."""
+    parts = []
+    if tier.spill_to is not None:
+        parts.append(f"spill_to={tier.spill_to!r}")
+    fills = getattr(tier, "fill_from", [])
+    if fills:
+        parts.append(f"fill_from={fills!r}")
+    if tier.clock_rule != "last":
+        parts.append(f"clock_rule={tier.clock_rule!r}")
+    return "".join(", " + part for part in parts)
+
+
+def stored_width(tier: Tier) -> int | None:
+    """The width of a row a tier stores, if spills can be written into it: a RAM's width;
+    a Disk's, when its keys and values are equally wide (a spilled row is both)."""
+    if hasattr(tier, "key_width"):
+        key, value = tier.key_width, tier.value_width  # type: ignore[attr-defined]
+        return key if key == value else None
+    return getattr(tier, "width", None)
+
+
+def read_width(tier: Tier) -> int | None:
+    """The width of one read head's read, for tiers whose reads can fill a Cache."""
+    heads = getattr(tier, "read_heads", None)
+    return tier.read_size // heads if heads else None
+
+
+class HierarchyPlan(NamedTuple):
+    """The checked links of a controller's tiers, by position in its tier list.
+
+    Attributes:
+        order: the positions in the order to step them (every spill source before its
+            target; otherwise the declared order).
+        spills: source position -> target position.
+        fills: Cache position -> the positions it fills from.
+        projections: source name -> (source width, target width), for spills that need a
+            learned projection.
+    """
+
+    order: list[int]
+    spills: dict[int, int]
+    fills: dict[int, list[int]]
+    projections: dict[str, tuple[int, int]]
+
+
+def plan_hierarchy(tiers: list[Tier] | nn.ModuleList) -> HierarchyPlan:
+    """Check the tiers' ``spill_to`` and ``fill_from`` links and order the tiers.
+
+    Raises:
+        ValueError: naming the tiers of any invalid link.
+    """
+    names = [tier.name for tier in tiers]
+    where = {name: position for position, name in enumerate(names)}
+    spills: dict[int, int] = {}
+    projections: dict[str, tuple[int, int]] = {}
+    for position, tier in enumerate(tiers):
+        target_name = tier.spill_to
+        if target_name is None:
+            continue
+        owner = f"{type(tier).__name__} '{tier.name}'"
+        if target_name not in where:
+            raise ValueError(
+                f"{owner}: spill_to={target_name!r} names no tier of this controller; "
+                f"its tiers are {names}"
+            )
+        if target_name == tier.name:
+            raise ValueError(f"{owner}: spill_to names the tier itself (a cycle)")
+        target = tiers[where[target_name]]
+        if not target.accepts_spills:
+            raise ValueError(
+                f"{owner}: spill_to={target_name!r} is a {type(target).__name__}, which "
+                f"cannot take spills; a spill's target must be a RAM or a Disk"
+            )
+        source_width, target_width = tier.width, stored_width(target)  # type: ignore[attr-defined]
+        if target_width is None:
+            raise ValueError(
+                f"{owner}: spill_to={target_name!r} is a Disk whose key_width "
+                f"({target.key_width}) and value_width ({target.value_width}) differ; a "  # type: ignore[attr-defined]
+                f"spilled row is both key and value, so they must be equal"
+            )
+        if source_width != target_width:
+            if not tier.spill_projection:
+                raise ValueError(
+                    f"{owner}: spills rows of width {source_width} into "
+                    f"'{target_name}', whose rows are {target_width} wide; give the "
+                    f"tiers equal widths, or set spill_projection: true for a learned "
+                    f"projection"
+                )
+            projections[tier.name] = (source_width, target_width)
+        spills[position] = where[target_name]
+    _check_acyclic(spills, names)
+    fills: dict[int, list[int]] = {}
+    for position, tier in enumerate(tiers):
+        sources = getattr(tier, "fill_from", [])
+        if not sources:
+            continue
+        owner = f"{type(tier).__name__} '{tier.name}'"
+        fills[position] = []
+        for source_name in sources:
+            if source_name not in where or source_name == tier.name:
+                raise ValueError(
+                    f"{owner}: fill_from names {source_name!r}, which is not another tier "
+                    f"of this controller; its tiers are {names}"
+                )
+            source = tiers[where[source_name]]
+            if source_name in sources[: sources.index(source_name)]:
+                raise ValueError(f"{owner}: fill_from names {source_name!r} twice")
+            if not source.fills_caches:
+                raise ValueError(
+                    f"{owner}: fill_from={source_name!r} is a {type(source).__name__}, "
+                    f"whose reads cannot fill a cache; fill from a RAM, ROM or Disk"
+                )
+            if read_width(source) != tier.width:  # type: ignore[attr-defined]
+                raise ValueError(
+                    f"{owner}: fill_from={source_name!r} reads rows of width "
+                    f"{read_width(source)} per head, the cache's slots are "
+                    f"{tier.width} wide; they must be equal"  # type: ignore[attr-defined]
+                )
+            fills[position].append(where[source_name])
+    return HierarchyPlan(_order(len(tiers), spills), spills, fills, projections)
+
+
+def _check_acyclic(spills: dict[int, int], names: list[str]) -> None:
+    for start in spills:
+        path, position = [start], spills[start]
+        while position in spills:
+            if position in path:
+                cycle = " -> ".join(names[p] for p in [*path[path.index(position) :], position])
+                raise ValueError(f"spill_to links form a cycle: {cycle}")
+            path.append(position)
+            position = spills[position]
+
+
+def _order(count: int, spills: dict[int, int]) -> list[int]:
+    """Positions 0..count-1 with each source before its target, else in declared order."""
+    order: list[int] = []
+    placed: set[int] = set()
+
+    def place(position: int) -> None:
+        if position in placed:
+            return
+        for source, target in spills.items():
+            if target == position:
+                place(source)
+        placed.add(position)
+        order.append(position)
+
+    for position in range(count):
+        place(position)
+    return order
