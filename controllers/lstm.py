@@ -197,6 +197,15 @@ class LSTMController(Controller):
             reads=torch.zeros(batch_size, self.reads_size, device=device, dtype=dtype),
         )
 
+    def flush(self, state: ControllerState) -> ControllerState:
+        """End a training window: every tier with a write buffer (a ``learn_writes`` Disk)
+        stores its buffered rows; returns the state with empty buffers."""
+        tiers = tuple(
+            tier.flush(tier_state) if hasattr(tier, "flush") else tier_state
+            for tier, tier_state in zip(self.tiers, state.tiers, strict=True)
+        )
+        return state._replace(tiers=tiers)
+
     def step(
         self, x: Tensor, state: ControllerState
     ) -> tuple[Tensor, ControllerState, dict[str, TierStats]]:

@@ -127,14 +127,14 @@ def plan_hierarchy(tiers: list[Tier] | nn.ModuleList) -> HierarchyPlan:
             continue
         owner = f"{type(tier).__name__} '{tier.name}'"
         fills[position] = []
-        for source_name in sources:
+        for rank, source_name in enumerate(sources):
             if source_name not in where or source_name == tier.name:
                 raise ValueError(
                     f"{owner}: fill_from names {source_name!r}, which is not another tier "
                     f"of this controller; its tiers are {names}"
                 )
             source = tiers[where[source_name]]
-            if source_name in sources[: sources.index(source_name)]:
+            if source_name in sources[:rank]:
                 raise ValueError(f"{owner}: fill_from names {source_name!r} twice")
             if not source.fills_caches:
                 raise ValueError(
@@ -148,6 +148,12 @@ def plan_hierarchy(tiers: list[Tier] | nn.ModuleList) -> HierarchyPlan:
                     f"{tier.width} wide; they must be equal"  # type: ignore[attr-defined]
                 )
             fills[position].append(where[source_name])
+        rows = sum(tiers[s].read_heads for s in fills[position])  # type: ignore[misc]
+        if rows > tier.slots:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{owner}: fill_from {sources} offers up to {rows} rows a step (one per "
+                f"read head), more than the cache's {tier.slots} slots"  # type: ignore[attr-defined]
+            )
     return HierarchyPlan(_order(len(tiers), spills), spills, fills, projections)
 
 

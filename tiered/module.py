@@ -180,8 +180,14 @@ class TieredModule(L.LightningModule):
             values, on_step=on_step, on_epoch=not on_step, batch_size=B, sync_dist=not on_step
         )
 
+    def _flush(self, state: Any) -> Any:
+        """The end of a window: tiers with a write buffer store it (``Controller.flush``)."""
+        flush = getattr(self.controller, "flush", None)
+        return state if flush is None else flush(state)
+
     def _step(self, batch: SequenceBatch, stage: str) -> Tensor:
         out = self.controller(batch.inputs)
+        self._flush(out.state)  # stores detached copies; the graph keeps the buffer
         total, count, penalty_sums = self._losses(out, batch)
         task_loss = total / count.clamp_min(1)
         real_steps = batch.steps.sum().clamp_min(1)
@@ -276,7 +282,7 @@ class TieredModule(L.LightningModule):
             optimizer.step()
             if self.scheduler_interval == "step":
                 self._step_scheduler()
-            state = detach_state(out.state)
+            state = detach_state(self._flush(out.state))
             sums.append(total.detach())
             counts.append(count)
             if self.loss_kind == "bits":  # wrong bits per sequence add up across windows

@@ -200,17 +200,17 @@ def spill_of(removed: Tensor, weights: Tensor, occupied: Tensor) -> Spill:
             the write heads' erase products (``M_{t-1} (1 - keep)``).
         weights: (B, N) the write weight each slot received, summed over write heads.
         occupied: (B, N) in [0, 1], how much each slot held content before this write
-            (detached).
+            (differentiable where the tier tracks it softly: the Cache's ``written``, the
+            dense RAM's usage).
 
     Returns:
         ``Spill`` with content (B, 1, W) and gate (B, 1).
     """
-    share = weights * occupied.detach()  # (B, N)
-    gate = share.sum(dim=-1).clamp(max=1.0)  # (B,)
-    # removed[n] already carries w_n; dividing by w_n and weighting by p_n gives
-    # sum_n (f_n / g) removed[n]
-    scale = occupied.detach() / gate.detach().clamp_min(1e-6).unsqueeze(-1)  # (B, N)
+    total = (weights * occupied).sum(dim=-1)  # (B,)
+    # removed[n] already carries w_n, so weighting it by p_n / w_n = f_n / g gives the mean
+    scale = occupied / total.clamp_min(1e-6).unsqueeze(-1)  # (B, N)
     content = torch.einsum("bn,bnw->bw", scale, removed)
+    gate = total.clamp(max=1.0)
     return Spill(content.unsqueeze(1), gate.unsqueeze(1))
 
 

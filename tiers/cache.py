@@ -46,7 +46,8 @@ class CacheState(NamedTuple):
         memory: (B, N, W).
         usage: (B, N) in [0, 1], how recently each slot was read or written.
         written: (B, N) in [0, 1], how much each slot has ever been written
-            (``addressing.mark_written``); it never decays. Its sum is ``slots_used``.
+            (``addressing.mark_written``); it never decays. Its sum is ``slots_used``; it
+            is differentiable, since a spill's gate depends on it (``spill_to``).
         read_weights: (B, R, N), the last read weights (kept for diagnostics).
         clock: (B,) steps taken, an integer tensor.
     """
@@ -287,7 +288,7 @@ class Cache(Tier):
             if self.spill_to is not None:
                 spills.append(spill_of(removed, fill_weights.sum(dim=1), written))
             touched = 1.0 - torch.prod(1.0 - fill_weights.detach(), dim=1)  # (B, N)
-            written = addressing.mark_written(written, fill_weights.detach())
+            written = addressing.mark_written(written, fill_weights)
             usage = usage + touched - usage * touched  # the filled slots count as used
 
         allocation = least_used_weights(usage).unsqueeze(1)  # (B, 1, N)
@@ -312,7 +313,7 @@ class Cache(Tier):
             else torch.cat([fill_weights, write_weights], dim=1)
         )
         usage = update_recency(state.usage, accesses, read_weights, self.usage_decay)
-        written = addressing.mark_written(written, write_weights.detach())  # (B, N)
+        written = addressing.mark_written(written, write_weights)  # (B, N)
 
         mass = accesses.sum(dim=(1, 2))  # g^w on ticks, 0 off them, plus the fills' gates
         stats = tier_stats(

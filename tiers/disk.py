@@ -47,16 +47,43 @@ from tiered.storage import (
     StoreNotFoundError,
     WriterLock,
 )
-from tiered.tier import STAGES, Tier, TierOutput, head_slices, tier_stats, write_ticks
+from tiered.tier import (
+    STAGES,
+    Spill,
+    Tier,
+    TierOutput,
+    Traffic,
+    head_slices,
+    join_spills,
+    tier_stats,
+    write_ticks,
+)
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.rom import ValueCache
-from tiered.validation import check_positive_int, check_store_url
+from tiered.validation import (
+    check_bool,
+    check_positive_int,
+    check_store_url,
+    check_unit_interval,
+)
 
 
 class DiskState(NamedTuple):
-    """The Disk keeps nothing per sequence but its clock (B,)."""
+    """Per-sequence state of the Disk.
+
+    Attributes:
+        clock: (B,) steps taken.
+        keys: (P, Dk) with ``learn_writes``, the rows appended in this training window,
+            not yet in the store (differentiable); None when there are none.
+        values: (P, Dv) their values; None when there are none.
+        pending: spills (rows (B, S, Dk), gates (B, S)) received since the last tick, which
+            the next tick appends; None when there are none.
+    """
 
     clock: Tensor
+    keys: Tensor | None = None
+    values: Tensor | None = None
+    pending: Spill | None = None
 
 
 def shard_url(store: str, rank: int) -> str:
@@ -85,7 +112,21 @@ class Disk(Tier):
         period: the Disk appends on every ``period``-th step (a slow clock); reads are
             served every step.
         name: the tier's name in logs; defaults to ``"disk"``.
+        learn_writes: keep the rows appended while gradients are on in a differentiable
+            write buffer in the state, which reads see like stored rows, until the training
+            window ends (``flush``; the training module flushes after each optimiser step),
+            so the interface that forms keys and values gets gradients. Rows of earlier
+            windows and runs, in the store, stay constants. Off: rows go to the store at
+            once, detached.
+        spill_threshold: in [0, 1]: a row spilled into this Disk by a tier whose
+            ``spill_to`` names it is appended at the Disk's next tick (as both key and
+            value) when its gate reaches this; rows below it are dropped.
+        clock_rule: with ``period > 1``: "last", "mean" or "gate" (``tiered.tier.Tier``):
+            what key and value a tick appends.
     """
+
+    accepts_spills = True
+    fills_caches = True
 
     def __init__(
         self,
@@ -100,8 +141,15 @@ class Disk(Tier):
         rewrite_penalty: float = 0.0,
         period: int = 16,
         name: str | None = None,
+        learn_writes: bool = False,
+        spill_threshold: float = 0.5,
+        clock_rule: str = "last",
     ) -> None:
-        super().__init__(rewrite_penalty=rewrite_penalty, period=period, name=name)
+        super().__init__(
+            rewrite_penalty=rewrite_penalty, period=period, name=name, clock_rule=clock_rule
+        )
+        self.learn_writes = check_bool("Disk", "learn_writes", learn_writes)
+        self.spill_threshold = check_unit_interval("Disk", "spill_threshold", spill_threshold)
         self.store_url = check_store_url("Disk", "store", store)
         if "://" not in self.store_url and Path(self.store_url).is_file():
             raise ValueError(
@@ -262,9 +310,26 @@ class Disk(Tier):
         self.owner = torch.cat([self.owner, torch.full((n,), self.own_index, dtype=torch.long)])
         self.local_row = torch.cat([self.local_row, torch.arange(start, start + n)])
 
+    @property
+    def write_slices(self) -> list[slice]:
+        """The key and value to append: after the read heads' queries and strengths."""
+        start = self.read_heads * (self.key_width + 1)
+        return [slice(start, self.interface_size)]
+
     def forward(self, interface: Tensor, state: DiskState) -> TierOutput:
         """Append on ticks (one row per batch element) in the ``append_stages``, then read
         by kNN."""
+        return self.step(interface, state)[0]
+
+    def step(
+        self, interface: Tensor, state: DiskState, incoming: tuple[Spill, ...] = ()
+    ) -> tuple[TierOutput, Traffic]:
+        """One step: keep ``incoming`` spills for the next tick; on ticks in the
+        ``append_stages`` append one row per batch element and the pending spills whose gate
+        reaches ``spill_threshold`` (to the write buffer with ``learn_writes`` while
+        gradients are on, else to the store); then read by kNN over the store and the
+        buffer. Returns the ``TierOutput`` and the ``Traffic`` (each head's largest read
+        weight)."""
         self.check_interface(interface, state.clock)
         self._open()
         B, R, Dk, Dv = interface.shape[0], self.read_heads, self.key_width, self.value_width
@@ -272,39 +337,97 @@ class Disk(Tier):
             interface, [R * Dk, R, Dk, Dv], dim=-1
         )
         tick = write_ticks(state.clock, self.period)  # (B,)
-        if self.current_stage not in self.append_stages:
+        appending = self.current_stage in self.append_stages
+        if not appending:
             tick = torch.zeros_like(tick)
+        pending = join_spills([*([state.pending] if state.pending is not None else []),
+                               *(incoming if appending else ())])  # fmt: skip
+        new_keys, new_values = [write_keys[tick]], [write_values[tick]]
+        spilled = torch.zeros(B, device=interface.device, dtype=interface.dtype)
+        if pending is not None:
+            take = tick.unsqueeze(1) & (pending.gate.detach() >= self.spill_threshold)  # (B, S)
+            new_keys.append(pending.content[take])
+            new_values.append(pending.content[take])
+            spilled = take.sum(dim=1).to(interface.dtype)
+            left = pending.gate * (~tick).unsqueeze(1).to(pending.gate.dtype)
+            pending = pending._replace(gate=left) if bool((left > 0).any()) else None
+        keys, values = state.keys, state.values
         if bool(tick.any()):
-            self.append(write_keys[tick], write_values[tick])
+            rows_k, rows_v = torch.cat(new_keys), torch.cat(new_values)
+            if self.learn_writes and torch.is_grad_enabled():
+                keys = rows_k if keys is None else torch.cat([keys, rows_k])
+                values = rows_v if values is None else torch.cat([values, rows_v])
+            else:
+                self.append(rows_k, rows_v)
         queries = queries.reshape(B, R, Dk)
-        if self.rows == 0:
+        buffered = 0 if keys is None else keys.shape[0]
+        if self.rows + buffered == 0:
             words = interface.new_zeros(B, R * Dv)
             weights = interface.new_zeros(B, R, 1)  # nothing read
             hit = torch.zeros(B, R, 0, dtype=torch.bool)
         else:
-            words, weights, hit = self._read(queries, oneplus(strengths))
+            words, weights, hit = self._read(queries, oneplus(strengths), keys, values)
             words = words.reshape(B, -1)
         stats = tier_stats(
             interface.new_zeros(B),
-            write_mass=tick.to(interface.dtype),  # one row of weight 1 per append
+            write_mass=tick.to(interface.dtype) + spilled,  # one per appended row
             read_weights=weights,
-            slots_used=interface.new_full((B,), float(self.rows)),
+            slots_used=interface.new_full((B,), float(self.rows + buffered)),
             value_reads=interface.new_full((B,), float(hit.shape[1] * hit.shape[2])),
             cache_hits=hit.sum(dim=(1, 2)).to(interface.device),
         )
-        return TierOutput(words, DiskState(state.clock + 1), stats)
+        next_state = DiskState(state.clock + 1, keys, values, pending)
+        peak = weights.max(dim=-1).values  # (B, R)
+        return TierOutput(words, next_state, stats), Traffic(peak=peak)
 
-    def _read(self, queries: Tensor, strengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Reads over the K most similar rows of every shard: words (B, R, Dv), weights
-        (B, R, K), and which rows (B, R, K) the value caches served (on the CPU)."""
-        K = min(self.k, self.rows)
+    def flush(self, state: DiskState) -> DiskState:
+        """Append the write buffer's rows (detached) to the store and empty the buffer: the
+        end of a training window. The training module calls it after each optimiser step;
+        call it yourself when training a ``learn_writes`` Disk outside Lightning."""
+        if state.keys is not None and state.keys.shape[0] > 0:
+            self.append(state.keys, state.values)  # type: ignore[arg-type]
+        return state._replace(keys=None, values=None)
+
+    def _read(
+        self,
+        queries: Tensor,
+        strengths: Tensor,
+        buffer_keys: Tensor | None = None,
+        buffer_values: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Reads over the K most similar rows of every shard and of the write buffer:
+        words (B, R, Dv), weights (B, R, K), and which rows (B, R, K) were served without
+        a store read (value cache hits, and buffer rows), on the CPU."""
+        n = self.rows
+        buffered = 0 if buffer_keys is None else buffer_keys.shape[0]
+        K = min(self.k, n + buffered)
         with torch.no_grad():
             unit = normalize_rows(queries.detach()).float().cpu().reshape(-1, self.key_width)
-            top = torch.topk(unit @ self.keys.T, K, dim=-1).indices  # (B R, K)
+            scores = unit @ self.keys.T  # (B R, n)
+            if buffered:
+                own = normalize_rows(buffer_keys.detach().float().cpu())  # type: ignore[union-attr]
+                scores = torch.cat([scores, unit @ own.T], dim=-1)
+            top = torch.topk(scores, K, dim=-1).indices  # (B R, K)
         shape = (*queries.shape[:2], K)  # (B, R, K)
-        keys = self.keys[top].to(queries).reshape(*shape, -1)  # constants
-        values, hit = self._values(top)
+        stored = top < n
+        keys = (
+            self.keys[top.clamp(max=max(n - 1, 0))]
+            if n
+            else torch.zeros(*top.shape, self.key_width)
+        )
+        keys = keys.to(queries).reshape(*shape, -1)  # constants
+        values = torch.zeros(top.numel(), self.value_width)
+        hit = torch.ones(top.numel(), dtype=torch.bool)
+        flat_stored = stored.reshape(-1)
+        if bool(flat_stored.any()):
+            found, found_hit = self._values(top.reshape(-1)[flat_stored])
+            values[flat_stored], hit[flat_stored] = found, found_hit
         values = values.to(queries).reshape(*shape, -1)
+        if buffered:
+            local = (top - n).clamp_min(0).to(queries.device)  # (B R, K)
+            from_buffer = (~stored).to(queries.device).reshape(*shape, 1)
+            keys = torch.where(from_buffer, buffer_keys[local].reshape(*shape, -1), keys)  # type: ignore[index]
+            values = torch.where(from_buffer, buffer_values[local].reshape(*shape, -1), values)  # type: ignore[index]
         missing = torch.zeros(shape, dtype=torch.bool, device=values.device)
         words, weights = attend_rows(queries, strengths, keys, values, missing)
         return words, weights, hit.reshape(shape)

@@ -7,29 +7,29 @@ from typing import Any
 import numpy as np
 
 from tiered.tasks.base import Example, SequenceTask, check_range
-from tiered.validation import check_positive_int
+from tiered.validation import check_non_negative_int, check_positive_int
 
 
 def associative_recall_example(
-    rng: np.random.Generator, bits: int, item_length: int, items: int
+    rng: np.random.Generator, bits: int, item_length: int, items: int, delay: int = 0
 ) -> Example:
     """A list of items, then a query item; output the item that followed the query.
 
     Each item is ``item_length`` random bit vectors preceded by a delimiter step (channel
-    ``bits``). The query is a copy of one item (not the last), between two query
-    delimiters (channel ``bits + 1``). Inputs (T, bits + 2); targets (T, bits), scored on
-    the last ``item_length`` steps, which hold the next item.
+    ``bits``). After ``delay`` blank steps, the query is a copy of one item (not the last),
+    between two query delimiters (channel ``bits + 1``). Inputs (T, bits + 2); targets
+    (T, bits), scored on the last ``item_length`` steps, which hold the next item.
     """
     K = item_length
     data = rng.integers(0, 2, size=(items, K, bits)).astype(np.float32)
     query = int(rng.integers(0, items - 1))
-    T = items * (K + 1) + 1 + K + 1 + K
+    T = items * (K + 1) + delay + 1 + K + 1 + K
     inputs = np.zeros((T, bits + 2), dtype=np.float32)
     for i in range(items):
         start = i * (K + 1)
         inputs[start, bits] = 1.0
         inputs[start + 1 : start + 1 + K, :bits] = data[i]
-    q = items * (K + 1)
+    q = items * (K + 1) + delay
     inputs[q, bits + 1] = 1.0
     inputs[q + 1 : q + 1 + K, :bits] = data[query]
     inputs[q + 1 + K, bits + 1] = 1.0
@@ -76,6 +76,8 @@ class AssociativeRecall(SequenceTask):
         eval_items: items per sequence for test, like ``items``.
         bits: width of each vector (6 in the NTM paper).
         item_length: vectors per item (3 in the NTM paper).
+        delay: blank steps between the last item and the query (0 in the NTM paper): a
+            memory must keep the items over them.
         **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
             num_workers, as in ``SequenceTask``.
     """
@@ -88,6 +90,7 @@ class AssociativeRecall(SequenceTask):
         eval_items: int | tuple[int, int] = (7, 12),
         bits: int = 6,
         item_length: int = 3,
+        delay: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -95,6 +98,7 @@ class AssociativeRecall(SequenceTask):
         self.eval_items = _item_range("AssociativeRecall", "eval_items", eval_items)
         self.bits = check_positive_int("AssociativeRecall", "bits", bits)
         self.item_length = check_positive_int("AssociativeRecall", "item_length", item_length)
+        self.delay = check_non_negative_int("AssociativeRecall", "delay", delay)
 
     @property
     def input_size(self) -> int:
@@ -107,7 +111,7 @@ class AssociativeRecall(SequenceTask):
     def example(self, rng: np.random.Generator, split: str) -> Example:
         low, high = self.eval_items if split == "test" else self.items
         items = int(rng.integers(low, high + 1))
-        return associative_recall_example(rng, self.bits, self.item_length, items)
+        return associative_recall_example(rng, self.bits, self.item_length, items, self.delay)
 
 
 class PrioritySort(SequenceTask):
