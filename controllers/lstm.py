@@ -61,6 +61,7 @@ class TierAux(NamedTuple):
         cache_hits: of those, served without a store read.
         recall_checked: exact nearest rows checked against the kNN index (sparse RAM).
         recall_hits: of those, returned by the index.
+        spilled: content written back into the ``spill_to`` tier (the spill's gates).
     """
 
     rewrite: Tensor
@@ -73,6 +74,7 @@ class TierAux(NamedTuple):
     cache_hits: Tensor
     recall_checked: Tensor
     recall_hits: Tensor
+    spilled: Tensor
 
 
 class ControllerOutput(NamedTuple):

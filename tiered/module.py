@@ -31,7 +31,7 @@ from tiered.validation import check_choice, check_non_negative_float, check_posi
 
 # The per-step tier statistics logged as ``{stage}/{field}/{tier}``, each averaged over real
 # steps (``TierStats`` defines them).
-TIER_METRICS = ("rewrite", "write_mass", "wrote", "read_entropy", "slots_used")
+TIER_METRICS = ("rewrite", "write_mass", "wrote", "read_entropy", "slots_used", "spilled")
 
 
 def masked_loss_sum(logits: Tensor, targets: Tensor, mask: Tensor, loss: str) -> Tensor:

@@ -69,6 +69,9 @@ class TierStats(NamedTuple):
             its sampled steps); 0 otherwise.
         recall_hits: how many of those the index returned too. The sampled recall@k is
             ``recall_hits / recall_checked``.
+        spilled: the content this step wrote back into the tier named by ``spill_to``: the
+            sum of its spill's gates (1 for a whole slot overwritten and sent down); 0
+            without ``spill_to``.
     """
 
     rewrite: Tensor
@@ -80,6 +83,7 @@ class TierStats(NamedTuple):
     cache_hits: Tensor
     recall_checked: Tensor
     recall_hits: Tensor
+    spilled: Tensor
 
 
 def read_entropy(weights: Tensor) -> Tensor:
@@ -111,6 +115,7 @@ def tier_stats(
     cache_hits: Tensor | None = None,
     recall_checked: Tensor | None = None,
     recall_hits: Tensor | None = None,
+    spilled: Tensor | None = None,
 ) -> TierStats:
     """A step's ``TierStats``: everything but ``rewrite`` detached; ``wrote`` is
     ``write_mass > ACCESS_THRESHOLD``.
@@ -124,6 +129,7 @@ def tier_stats(
         cache_hits: (B,) of those, served without a store read; None: 0.
         recall_checked: (B,) exact neighbours checked against the index; None: 0.
         recall_hits: (B,) of those, returned by the index; None: 0.
+        spilled: (B,) the gates of the rows written back (``spill_to``); None: 0.
 
     Returns:
         The ``TierStats``, every field (B,) in ``rewrite``'s dtype.
@@ -141,6 +147,7 @@ def tier_stats(
         cache_hits=zero if cache_hits is None else cache_hits.detach().to(dtype),
         recall_checked=zero if recall_checked is None else recall_checked.detach().to(dtype),
         recall_hits=zero if recall_hits is None else recall_hits.detach().to(dtype),
+        spilled=zero if spilled is None else spilled.detach().to(dtype),
     )
 
 

@@ -316,11 +316,13 @@ class Cache(Tier):
         written = addressing.mark_written(written, write_weights)  # (B, N)
 
         mass = accesses.sum(dim=(1, 2))  # g^w on ticks, 0 off them, plus the fills' gates
+        spill = join_spills(spills)
         stats = tier_stats(
-            erased, write_mass=mass, read_weights=read_weights, slots_used=written.sum(dim=-1)
-        )
+            erased, write_mass=mass, read_weights=read_weights, slots_used=written.sum(dim=-1),
+            spilled=None if spill is None else spill.gate.sum(dim=1),
+        )  # fmt: skip
         next_state = CacheState(memory, usage, written, read_weights, state.clock + 1)
-        traffic = Traffic(spill=join_spills(spills), peak=read_weights.max(dim=-1).values)
+        traffic = Traffic(spill=spill, peak=read_weights.max(dim=-1).values)
         return TierOutput(words.reshape(B, -1), next_state, stats), traffic
 
     def extra_repr(self) -> str:

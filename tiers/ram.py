@@ -321,6 +321,7 @@ class RAM(Tier):
         stats = tier_stats(
             erased, write_mass=mass, read_weights=next_state.read_weights, slots_used=in_use,
             recall_checked=checked, recall_hits=hits,
+            spilled=None if spilled is None else spilled.gate.sum(dim=1),
         )  # fmt: skip
         peak = next_state.read_weights.max(dim=-1).values  # (B, R)
         return TierOutput(words, next_state, stats), Traffic(spill=spilled, peak=peak)
