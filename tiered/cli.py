@@ -3,11 +3,13 @@
     tiered fit --config experiments/tasks/copy.yaml --config experiments/stacks/cache_ram.yaml
     tiered test --config ... --ckpt_path runs/.../checkpoints/last.ckpt
     tiered tiers RAM        # a tier's arguments, types, defaults and docs
+    tiered inspect runs/.../checkpoints/last.ckpt   # per-tier reads, writes, spills
 
 ``tiered --help`` lists every subcommand (``COMMANDS``). fit, validate, test and predict are
 Lightning's, built in ``tiered.lightning_cli`` and imported only for them; the others
-(``EXTRA_COMMANDS``: sweep, rom, tiers) import neither Lightning nor, where they can, torch,
-so ``--help``, ``--version``, ``rom info`` and ``sweep run --dry-run`` start in well under 2 s.
+(``EXTRA_COMMANDS``: sweep, rom, tiers, inspect) import neither Lightning nor, where they can,
+torch, so ``--help``, ``--version``, ``rom info`` and ``sweep run --dry-run`` start in well
+under 2 s (``inspect`` imports them after parsing its arguments).
 A config error ends in one line (``tiered.config_errors``) and exit status 2.
 """
 
@@ -39,11 +41,18 @@ def _tiers(argv: list[str]) -> int:
     return tiers_main(argv)
 
 
+def _inspect(argv: list[str]) -> int:
+    from tiered.inspect_cli import main as inspect_main
+
+    return inspect_main(argv)
+
+
 # name -> function taking the remaining arguments.
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
     "sweep": _sweep,
     "rom": _rom,
     "tiers": _tiers,
+    "inspect": _inspect,
 }
 
 # Every subcommand with its one line for ``tiered --help``: Lightning's four, then ours.
@@ -55,6 +64,7 @@ COMMANDS = {
     "sweep": "run, resume and report ablation sweeps, locally or on a Ray cluster",
     "rom": "build and inspect key/value stores for the ROM and Disk tiers",
     "tiers": "list every tier and controller with its arguments, types, defaults and docs",
+    "inspect": "draw how each tier of a checkpoint's model reads, writes and spills (PNG + text)",
 }
 
 
