@@ -239,11 +239,9 @@ class LSTMController(Controller):
         incoming: list[list[Spill]] = [[] for _ in range(n)]
         outputs: list[Any] = [None] * n
         traffic: list[Traffic] = [Traffic()] * n
-        for position, interface in zip(
-            self.plan.order,
-            (torch.split(interfaces, self.interface_sizes, dim=-1)[p] for p in self.plan.order),
-            strict=True,
-        ):
+        split = torch.split(interfaces, self.interface_sizes, dim=-1)
+        for position in self.plan.order:
+            interface = split[position]
             tier, tier_state = self.tiers[position], state.tiers[position]
             if tier.clock_rule != "last" and tier.period > 1:
                 gate = (

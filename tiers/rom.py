@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from tiered.knn import load_faiss, normalize_rows
 from tiered.storage import KVStore, StoreError, open_store
-from tiered.tier import Tier, TierOutput, head_slices, tier_stats
+from tiered.tier import Spill, Tier, TierOutput, Traffic, head_slices, tier_stats
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.validation import check_bool, check_choice, check_positive_int, check_store_url
 
@@ -103,6 +103,8 @@ class ROM(Tier):
         period: accepted for the tier contract; a ROM never writes.
         name: the tier's name in logs; defaults to ``"rom"``.
     """
+
+    fills_caches = True
 
     def __init__(
         self,
@@ -214,6 +216,15 @@ class ROM(Tier):
 
     def forward(self, interface: Tensor, state: ROMState) -> TierOutput:
         """Read: R heads, K keys each; nothing is written."""
+        return self.step(interface, state)[0]
+
+    def step(
+        self, interface: Tensor, state: ROMState, incoming: tuple[Spill, ...] = ()
+    ) -> tuple[TierOutput, Traffic]:
+        """The read, and the ``Traffic`` with each head's largest read weight (a Cache with
+        ``fill_from`` naming this ROM fills from it); a ROM takes no spills."""
+        if incoming:
+            raise ValueError(f"ROM '{self.name}' is read-only: it cannot take spills")
         self.check_interface(interface, state.clock)
         B, R, Dk = interface.shape[0], self.read_heads, self.key_width
         queries, strengths = torch.split(interface, [R * Dk, R], dim=-1)
@@ -236,7 +247,8 @@ class ROM(Tier):
             value_reads=(found >= 0).sum(dim=(1, 2)),
             cache_hits=(hit & (found >= 0)).sum(dim=(1, 2)),
         )
-        return TierOutput(read.reshape(B, -1), ROMState(state.clock + 1), stats)
+        out = TierOutput(read.reshape(B, -1), ROMState(state.clock + 1), stats)
+        return out, Traffic(peak=weights.max(dim=-1).values)
 
     # ---- checkpoints record the store, not its contents
     def get_extra_state(self) -> dict[str, Any]:

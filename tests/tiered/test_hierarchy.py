@@ -408,3 +408,32 @@ def test_a_cache_spills_into_a_learning_disk_under_training(tmp_path):
     disk = model.controller.tiers[1]
     assert disk.rows > 0  # flushed after each window
     assert torch.isfinite(torch.from_numpy(disk.own.read_keys())).all()
+
+
+def test_a_cache_fills_from_a_rom_whose_read_is_sharp(tmp_path):
+    import numpy as np
+
+    from tiered.storage import KVStore
+
+    keys = np.eye(4, dtype=np.float32)
+    values = np.arange(16, dtype=np.float32).reshape(4, 4)
+    KVStore.create(str(tmp_path / "rom"), 4, 4).append(keys, values)
+    rom = ROM(str(tmp_path / "rom"), k=2, index="exact")
+    model = controller([Cache(2, 4, fill_from=["rom"], fill_threshold=0.9), rom], inputs=4)
+    with torch.no_grad():  # query the ROM with key 2 at a high strength
+        model.interface.weight.zero_()
+        model.interface.bias.zero_()
+        offset = model.tiers[0].interface_size
+        model.interface.bias[offset + 2] = 1.0
+        model.interface.bias[offset + 4] = 60.0
+        model.interface.bias[offset - 1] = -BIG  # the Cache's own write gate shut
+    out = model(torch.zeros(1, 2, 4, dtype=D))
+    fill = out.state.fills[0]
+    assert fill.gate.item() > 0.99  # the ROM read row 2 with weight ~1
+    torch.testing.assert_close(fill.content[0, 0], torch.from_numpy(values[2]).double(),
+                               atol=1e-6, rtol=0)  # fmt: skip
+    # the fill of step 0 was written into the Cache at step 1
+    cache_memory = out.state.tiers[0].memory[0]
+    assert (cache_memory - fill.content[0, 0]).abs().amax(-1).min() < 1e-6
+    with pytest.raises(ValueError, match="ROM 'rom' is read-only"):
+        rom.step(torch.zeros(1, rom.interface_size), rom.initial_state(1), (fill,))
