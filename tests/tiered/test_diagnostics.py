@@ -111,6 +111,8 @@ def test_the_callback_saves_figures_and_summaries_beside_the_csv_logs(tmp_path):
 
 
 def test_the_callback_draws_into_tensorboard_when_it_is_the_logger(tmp_path):
+    # tensorboard is not a dependency (with it installed, `tiered fit` logs to TensorBoard
+    # instead of CSV, which the other tests check): this runs where a user installed it.
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
