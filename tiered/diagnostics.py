@@ -5,8 +5,8 @@ and slots.
 weight each slot received (summed over read heads), the content written into each slot
 (``sum_w |M_t[n, w] - M_{t-1}[n, w]|``: the tier's own writes, spills it took and fills alike)
 and the tier's statistics. ``draw`` makes one figure per sequence: a heatmap of reads and
-one of writes for every tier with slots, and the per-step write mass and spills of every
-tier below them. ``summary`` is the same in a few lines of text.
+one of writes for every tier with slots, and below them every tier's write mass, spills,
+occupancy and value cache hit rate over time. ``summary`` is the same in a few lines of text.
 
 ``TierDiagnostics`` (a Lightning Callback) does this after validation on fixed sequences of
 the validation split and saves the figures through the logger: into TensorBoard when it is
@@ -155,15 +155,16 @@ def summary(record: dict[str, TierTrace], steps: int | None = None) -> str:
 
 def draw(record: dict[str, TierTrace], title: str = "", steps: int | None = None) -> Any:
     """A matplotlib figure of one traced sequence: per tier with slots, a heatmap of its
-    read weights and one of the content written (time down, slots across); below, per tier,
-    the write mass and the spilled content per step."""
+    read weights and one of the content written (time across, slots up); below, per tier,
+    the write mass, the spilled content, the occupancy (``slots_used``) per step and, for
+    tiers with a value cache, the hit rate so far."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     drawn = [tr for tr in record.values() if tr.reads is not None]
-    rows = len(drawn) + 1
+    rows = len(drawn) + 2
     fig, axes = plt.subplots(rows, 2, figsize=(10, 2.6 * rows), squeeze=False)
     for row, tr in enumerate(drawn):
         T = tr.reads.shape[0] if steps is None else steps  # type: ignore[union-attr]
@@ -176,18 +177,26 @@ def draw(record: dict[str, TierTrace], title: str = "", steps: int | None = None
             ax.set_xlabel("step")
             ax.set_ylabel("slot" if len(tr.slots) == values.shape[1] else "row")  # type: ignore[arg-type]
             fig.colorbar(image, ax=ax, fraction=0.04)
-    ax_mass, ax_spill = axes[-1]
+    (ax_mass, ax_spill), (ax_used, ax_hits) = axes[-2], axes[-1]
     for tr in record.values():
         if tr.kind == "Register":  # its one state is rewritten whole every tick
             continue
-        T = len(tr.stats["write_mass"]) if steps is None else steps
-        ax_mass.plot(tr.stats["write_mass"][:T], label=tr.name)
-        ax_spill.plot(tr.stats["spilled"][:T], label=tr.name)
+        s = tr.stats
+        T = len(s["write_mass"]) if steps is None else steps
+        ax_mass.plot(s["write_mass"][:T], label=tr.name)
+        ax_spill.plot(s["spilled"][:T], label=tr.name)
+        ax_used.plot(s["slots_used"][:T], label=tr.name)
+        reads = np.cumsum(s["value_reads"][:T])
+        if reads[-1] > 0:
+            ax_hits.plot(np.cumsum(s["cache_hits"][:T]) / np.maximum(reads, 1), label=tr.name)
     ax_mass.set_title("write mass per step (spills and fills taken included)", fontsize=9)
     ax_spill.set_title("content spilled to the spill_to tier per step", fontsize=9)
-    for ax in (ax_mass, ax_spill):
+    ax_used.set_title("occupancy: slots (rows) holding content", fontsize=9)
+    ax_hits.set_title("value cache hit rate so far (ROM, Disk)", fontsize=9)
+    for ax in (ax_mass, ax_spill, ax_used, ax_hits):
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

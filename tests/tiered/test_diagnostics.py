@@ -64,7 +64,11 @@ def test_a_trace_records_reads_writes_and_spills_per_tier_and_step():
     text = summary(records[0])
     assert "cache (Cache): write mass/step" in text and "spilled/step" in text
     fig = draw(records[0], "title")
-    assert len(fig.axes) >= 8  # three tiers x two heatmaps (+ colour bars) and two line plots
+    # three tiers x (two heatmaps + their colour bars), then four line plots
+    assert len(fig.axes) == 3 * 4 + 4
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "big (RAM): content written" in titles
+    assert any(t.startswith("occupancy") for t in titles)
 
 
 def test_a_trace_of_zero_inputs_is_finite_and_leaves_the_model_in_its_mode():

@@ -437,3 +437,35 @@ def test_a_cache_fills_from_a_rom_whose_read_is_sharp(tmp_path):
     assert (cache_memory - fill.content[0, 0]).abs().amax(-1).min() < 1e-6
     with pytest.raises(ValueError, match="ROM 'rom' is read-only"):
         rom.step(torch.zeros(1, rom.interface_size), rom.initial_state(1), (fill,))
+
+
+def test_the_hierarchy_sweeps_build_the_hierarchies_their_variants_name():
+    """A variant's tier list merges into the base stack's item by item (jsonargparse), so a
+    side-by-side variant must say it does not spill: checked on what the runs build."""
+    from pathlib import Path
+
+    from tiered.cli import make_cli
+    from tiered.sweeps.spec import load_sweep
+
+    root = Path(__file__).resolve().parents[2] / "experiments" / "sweeps"
+    built = {}
+    for name in ("hierarchy_structure", "hierarchy_penalty", "hierarchy_clock"):
+        for run in load_sweep(root / f"{name}.yaml").runs():
+            if run.seed == 0:
+                cli = make_cli([*run.args, "--trainer.logger", "false"], run=False)
+                built[run.variant.removeprefix("config=")] = {
+                    t.name: t for t in cli.model.controller.tiers
+                }
+    assert set(built["ram_only"]) == {"ram"} and set(built["cache_only"]) == {"cache"}
+    assert built["cache_ram"]["cache"].spill_to is None
+    assert built["cache_ram"]["cache"].fill_from == []
+    assert built["cache_spill_ram"]["cache"].spill_to == "ram"
+    assert built["cache_spill_ram"]["cache"].fill_from == []
+    assert built["cache_spill_fill_ram"]["cache"].fill_from == ["ram"]
+    for penalty in (0.001, 0.01, 0.1):
+        cache = built[f"cache_penalty_{penalty}"]["cache"]
+        assert cache.rewrite_penalty == penalty and cache.spill_to == "ram"
+    for period in (2, 4):
+        for rule in ("last", "mean", "gate"):
+            ram = built[f"slow_ram_p{period}_{rule}"]["ram"]
+            assert (ram.period, ram.clock_rule) == (period, rule)
