@@ -254,7 +254,7 @@ class LSTMController(Controller):
                 )
             fill = pending_fills[position]
             arrived = tuple(incoming[position]) + (() if fill is None else (fill,))
-            outputs[position], traffic[position] = tier.step(interface, tier_state, arrived)
+            outputs[position], traffic[position] = step_tier(tier, interface, tier_state, arrived)
             spill = traffic[position].spill
             if spill is not None and position in self.plan.spills:
                 if tier.name in self.spill_projections:
@@ -324,6 +324,16 @@ def identity_into_queries(tiers: list[Tier] | nn.ModuleList, input_size: int) ->
                 weight[offset + query.start : offset + query.stop] = torch.eye(input_size)
         offset += size
     return weight
+
+
+def step_tier(
+    tier: Tier, interface: Tensor, state: Any, incoming: tuple[Spill, ...]
+) -> tuple[Any, Traffic]:
+    """Step a tier through ``nn.Module``'s call (so hooks fire): with its traffic where it
+    overrides ``Tier.step``, else its plain ``forward`` and no traffic."""
+    if type(tier).step is Tier.step:
+        return tier.step(interface, state, incoming)  # calls the tier itself
+    return tier(interface, state, incoming, with_traffic=True)
 
 
 def summarised(

@@ -32,6 +32,8 @@ from tiered.tier import Tier
 
 # Tiers with more slots than this are drawn over the rows the sequence touched only.
 DRAWN_SLOTS = 256
+# The stage tiers are told while traced: none of Lightning's, so a Disk appends nothing.
+TRACE_STAGE = "diagnostics"
 
 
 @dataclass
@@ -63,7 +65,7 @@ def _slot_weights(state: Any, slots: int) -> Tensor | None:
     if indices is None:  # dense: (B, R, N)
         return weights.sum(dim=1)
     B = weights.shape[0]  # sparse: weights over the K rows of each head
-    dense = torch.zeros(B, slots + 1, dtype=weights.dtype)
+    dense = torch.zeros(B, slots + 1, dtype=weights.dtype, device=weights.device)
     dense.scatter_add_(1, (indices.reshape(B, -1) + 1).clamp_min(0), weights.reshape(B, -1))
     return dense[:, 1:]
 
@@ -77,6 +79,10 @@ def trace(controller: Any, inputs: Tensor) -> list[dict[str, TierTrace]]:
     """
     was_training = controller.training
     controller.eval()
+    tiers = [module for module in controller.modules() if isinstance(module, Tier)]
+    stages = [tier.stage for tier in tiers]
+    for tier in tiers:  # a stage no tier writes in: a Disk never appends what is traced
+        tier.stage = TRACE_STAGE
     try:
         B, T = inputs.shape[:2]
         state = controller.initial_state(B, inputs.device, inputs.dtype)
@@ -122,6 +128,8 @@ def trace(controller: Any, inputs: Tensor) -> list[dict[str, TierTrace]]:
         return out
     finally:
         controller.train(was_training)
+        for tier, stage in zip(tiers, stages, strict=True):
+            tier.stage = stage
 
 
 def _kind(controller: Any, name: str) -> str:
@@ -197,6 +205,9 @@ def draw(record: dict[str, TierTrace], title: str = "", steps: int | None = None
         ax.set_xlabel("step")
         if ax.lines:
             ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no tier of this kind", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8, color="grey")  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

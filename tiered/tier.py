@@ -394,7 +394,9 @@ class Tier(nn.Module, abc.ABC):
         """One step, with the hierarchy's traffic: ``incoming`` spills (or fills) to write
         this step, and the ``Traffic`` (spill, read peaks) it offers the other tiers.
 
-        The default serves tiers that take no spills and offer none: ``forward``.
+        The default serves tiers that take no spills and offer none: ``forward``. Tiers that
+        override it also take ``incoming`` and ``with_traffic`` in ``forward``, which the
+        controller calls (so that ``nn.Module`` hooks see every step).
         """
         if incoming:
             raise ValueError(f"{type(self).__name__} '{self.name}' cannot take spills or fills")

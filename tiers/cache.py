@@ -46,8 +46,8 @@ class CacheState(NamedTuple):
         memory: (B, N, W).
         usage: (B, N) in [0, 1], how recently each slot was read or written.
         written: (B, N) in [0, 1], how much each slot has ever been written
-            (``addressing.mark_written``); it never decays. Its sum is ``slots_used``; it
-            is differentiable, since a spill's gate depends on it (``spill_to``).
+            (``addressing.mark_written``); it never decays. Its sum is ``slots_used``; with
+            ``spill_to`` it is differentiable, since a spill's gate depends on it.
         read_weights: (B, R, N), the last read weights (kept for diagnostics).
         clock: (B,) steps taken, an integer tensor.
     """
@@ -236,17 +236,27 @@ class Cache(Tier):
         R, W = self.read_heads, self.width
         return [slice(R * (W + 1), self.interface_size)]
 
-    def forward(self, interface: Tensor, state: CacheState) -> TierOutput:
-        """One step: write (on ticks), then read.
+    def forward(
+        self,
+        interface: Tensor,
+        state: CacheState,
+        incoming: tuple[Spill, ...] = (),
+        with_traffic: bool = False,
+    ) -> TierOutput | tuple[TierOutput, Traffic]:
+        """One step: write (on ticks), then read (``step``, through ``nn.Module``'s call).
 
         Args:
             interface: (B, interface_size).
             state: the previous ``CacheState``.
+            incoming: fills to write first (see ``step``).
+            with_traffic: also return the ``Traffic`` (the controller's call).
 
         Returns:
-            ``TierOutput`` with the read words (B, R * W), the next state and stats.
+            ``TierOutput`` with the read words (B, R * W), the next state and stats (and the
+            ``Traffic`` with ``with_traffic``).
         """
-        return self.step(interface, state)[0]
+        out = self.step(interface, state, incoming)
+        return out if with_traffic else out[0]
 
     def step(
         self, interface: Tensor, state: CacheState, incoming: tuple[Spill, ...] = ()
@@ -288,7 +298,8 @@ class Cache(Tier):
             if self.spill_to is not None:
                 spills.append(spill_of(removed, fill_weights.sum(dim=1), written))
             touched = 1.0 - torch.prod(1.0 - fill_weights.detach(), dim=1)  # (B, N)
-            written = addressing.mark_written(written, fill_weights)
+            marks = fill_weights if self.spill_to is not None else fill_weights.detach()
+            written = addressing.mark_written(written, marks)
             usage = usage + touched - usage * touched  # the filled slots count as used
 
         allocation = least_used_weights(usage).unsqueeze(1)  # (B, 1, N)
@@ -313,7 +324,9 @@ class Cache(Tier):
             else torch.cat([fill_weights, write_weights], dim=1)
         )
         usage = update_recency(state.usage, accesses, read_weights, self.usage_decay)
-        written = addressing.mark_written(written, write_weights)  # (B, N)
+        # with spill_to, how full each slot is shapes the next spill's gate: keep its graph
+        marks = write_weights if self.spill_to is not None else write_weights.detach()
+        written = addressing.mark_written(written, marks)  # (B, N)
 
         mass = accesses.sum(dim=(1, 2))  # g^w on ticks, 0 off them, plus the fills' gates
         spill = join_spills(spills)

@@ -114,7 +114,7 @@ class Disk(Tier):
         name: the tier's name in logs; defaults to ``"disk"``.
         learn_writes: keep the rows appended while gradients are on in a differentiable
             write buffer in the state, which reads see like stored rows, until the training
-            window ends (``flush``; the training module flushes after each optimiser step),
+            window ends (``flush``; the training module flushes at the end of each window),
             so the interface that forms keys and values gets gradients. Rows of earlier
             windows and runs, in the store, stay constants. Off: rows go to the store at
             once, detached.
@@ -316,10 +316,17 @@ class Disk(Tier):
         start = self.read_heads * (self.key_width + 1)
         return [slice(start, self.interface_size)]
 
-    def forward(self, interface: Tensor, state: DiskState) -> TierOutput:
+    def forward(
+        self,
+        interface: Tensor,
+        state: DiskState,
+        incoming: tuple[Spill, ...] = (),
+        with_traffic: bool = False,
+    ) -> TierOutput | tuple[TierOutput, Traffic]:
         """Append on ticks (one row per batch element) in the ``append_stages``, then read
-        by kNN."""
-        return self.step(interface, state)[0]
+        by kNN (``step``; with ``with_traffic`` it returns the ``Traffic`` too)."""
+        out = self.step(interface, state, incoming)
+        return out if with_traffic else out[0]
 
     def step(
         self, interface: Tensor, state: DiskState, incoming: tuple[Spill, ...] = ()
@@ -382,8 +389,9 @@ class Disk(Tier):
 
     def flush(self, state: DiskState) -> DiskState:
         """Append the write buffer's rows (detached) to the store and empty the buffer: the
-        end of a training window. The training module calls it after each optimiser step;
-        call it yourself when training a ``learn_writes`` Disk outside Lightning."""
+        end of a training window. The training module calls it at the end of each window
+        (a truncated-BPTT window, or a batch); call it yourself when training a
+        ``learn_writes`` Disk outside Lightning."""
         if state.keys is not None and state.keys.shape[0] > 0:
             self.append(state.keys, state.values)  # type: ignore[arg-type]
         return state._replace(keys=None, values=None)

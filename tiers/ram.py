@@ -279,17 +279,27 @@ class RAM(Tier):
             return [slice(start, start + 2 * W + 2)]
         return [slice(R * (W + 3 + 2 * H), self.interface_size)]
 
-    def forward(self, interface: Tensor, state: RAMState | SparseRAMState) -> TierOutput:
-        """One step: write (on ticks), then read.
+    def forward(
+        self,
+        interface: Tensor,
+        state: RAMState | SparseRAMState,
+        incoming: tuple[Spill, ...] = (),
+        with_traffic: bool = False,
+    ) -> TierOutput | tuple[TierOutput, Traffic]:
+        """One step: write (on ticks), then read (``step``, through ``nn.Module``'s call).
 
         Args:
             interface: (B, interface_size).
             state: the previous ``RAMState``.
+            incoming: spills to write this step (see ``step``).
+            with_traffic: also return the ``Traffic`` (the controller's call).
 
         Returns:
-            ``TierOutput`` with the read words (B, R * W), the next ``RAMState`` and stats.
+            ``TierOutput`` with the read words (B, R * W), the next ``RAMState`` and stats
+            (and the ``Traffic`` with ``with_traffic``).
         """
-        return self.step(interface, state)[0]
+        out = self.step(interface, state, incoming)
+        return out if with_traffic else out[0]
 
     def step(
         self,

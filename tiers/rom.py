@@ -214,9 +214,17 @@ class ROM(Tier):
         values = torch.from_numpy(values).reshape(*rows.shape, self.value_width)
         return values.to(rows.device), torch.from_numpy(hit).reshape(rows.shape).to(rows.device)
 
-    def forward(self, interface: Tensor, state: ROMState) -> TierOutput:
-        """Read: R heads, K keys each; nothing is written."""
-        return self.step(interface, state)[0]
+    def forward(
+        self,
+        interface: Tensor,
+        state: ROMState,
+        incoming: tuple[Spill, ...] = (),
+        with_traffic: bool = False,
+    ) -> TierOutput | tuple[TierOutput, Traffic]:
+        """Read: R heads, K keys each; nothing is written (``step``; with ``with_traffic``
+        it returns the ``Traffic`` too)."""
+        out = self.step(interface, state, incoming)
+        return out if with_traffic else out[0]
 
     def step(
         self, interface: Tensor, state: ROMState, incoming: tuple[Spill, ...] = ()

@@ -203,6 +203,7 @@ def test_input_skip_adds_the_input_to_the_interface():
     ram.register_forward_hook(lambda module, args, output: seen.append(args[0]))
     x = torch.randn(3, 4, 5, dtype=torch.float64)
     controller(x)
+    assert len(seen) == 4  # the controller steps its tiers through nn.Module's call
     for t, interface in enumerate(seen):
         torch.testing.assert_close(interface[:, :5], x[:, t])
         assert interface[:, 5:].abs().sum() == 0

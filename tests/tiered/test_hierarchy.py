@@ -221,7 +221,37 @@ def test_a_controller_with_spills_fills_and_a_gated_clock_has_exact_gradients():
     assert model.interface.weight.grad[-1].abs().sum() > 0  # the gate is trained
 
 
-def test_without_hierarchy_options_nothing_changes_and_last_equals_no_rule():
+def test_without_hierarchy_options_outputs_and_gradients_are_those_before_the_hierarchy():
+    """Values recorded with the code before issue 14 (commit b71d189), from parameters and
+    inputs set by formula (no random numbers), float64: Cache, a dense RAM with two write
+    heads and period 2, and a sparse DNC."""
+    model = controller(
+        [Cache(3, 4, read_heads=2), RAM(6, 4, read_heads=2, write_heads=2, period=2),
+         RAM(40, 4, read_heads=1, k=3, links=2, sparse=True, index="exact", name="big")],
+        hidden=7, inputs=5, outputs=3,
+    )  # fmt: skip
+    with torch.no_grad():
+        for k, p in enumerate(model.parameters()):
+            angles = torch.arange(p.numel(), dtype=D) * 0.37 + k
+            p.copy_(0.3 * torch.sin(angles).reshape(p.shape))
+    x = torch.cos(torch.arange(2 * 9 * 5, dtype=D) * 0.71).reshape(2, 9, 5)
+    out = model(x)
+    out.output.pow(2).sum().backward()
+    norm = sum(p.grad.pow(2).sum() for p in model.parameters()).sqrt()
+    assert out.output.sum().item() == pytest.approx(13.717247402704576, rel=1e-12)
+    assert out.output[1, -1].tolist() == pytest.approx(
+        [0.06248959377298377, 0.3132813517148025, 0.352035543553024], rel=1e-12
+    )
+    assert norm.item() == pytest.approx(18.75454572910953, rel=1e-12)
+    masses = {name: aux.write_mass.sum().item() for name, aux in out.aux.items()}
+    assert masses == pytest.approx(
+        {"register": 18.0, "cache": 10.11796912129002, "ram": 11.289283143141253,
+         "big": 5.545921112954753}, rel=1e-12,
+    )  # fmt: skip
+    assert all(aux.spilled.eq(0).all() for aux in out.aux.values())
+
+
+def test_the_rule_last_equals_no_rule():
     torch.manual_seed(0)
     plain = controller([Cache(3, 4), RAM(5, 4, period=3)])
     ruled = controller([Cache(3, 4), RAM(5, 4, period=3, clock_rule="last")])
@@ -273,37 +303,48 @@ def test_a_slow_tier_writes_the_window_mean_at_its_tick():
 
 # ------------------------------------------------------------------------ fill on read
 def test_a_sharp_ram_read_is_filled_into_the_cache_at_the_next_step():
-    B, W = 2, 4
-    model = controller([Cache(3, W, fill_from=["ram"], fill_threshold=0.9), RAM(6, W, 1)])
-    state = model.initial_state(B, dtype=D)
-    word = torch.randn(B, W, dtype=D)
-    fills = (None, None)
-    # a RAM read of weight 0.95 and one of 0.5: only the first passes the threshold
     from tiered.controllers.lstm import fills_for
     from tiered.tier import Traffic
 
+    B, W = 2, 4
+    model = controller([Cache(3, W, fill_from=["ram"], fill_threshold=0.9), RAM(6, W, 1)])
+    cache = model.tiers[0]
+    word = torch.randn(B, W, dtype=D)
+    # a RAM read of weight 0.95 and one of 0.5: only the first passes the threshold
     for peak, expect in ((0.95, 0.95), (0.5, 0.0)):
         traffic = Traffic(peak=torch.full((B, 1), peak, dtype=D))
-        fill = fills_for(model.tiers[0], [(word, traffic, model.tiers[1])])
+        fill = fills_for(cache, [(word, traffic, model.tiers[1])])
         torch.testing.assert_close(fill.gate, torch.full((B, 1), expect, dtype=D))
         torch.testing.assert_close(fill.content[:, 0], word)
-    fill = fills_for(model.tiers[0], [(word, Traffic(peak=torch.ones(B, 1, dtype=D)),
-                                       model.tiers[1])])  # fmt: skip
-    fills = (fill, None)
-    _, state, stats = model.step(torch.zeros(B, 3, dtype=D), state._replace(fills=fills))
-    cache_memory = state.tiers[0].memory
-    # the fill went into a free slot whole (gate 1); the Cache's own write may add to another
-    match = (cache_memory - word.unsqueeze(1)).abs().amax(-1).min(-1).values
-    assert match.max() < 1e-6 or stats["cache"].write_mass.min() >= 1.0
+    fill = fills_for(cache, [(word, Traffic(peak=torch.ones(B, 1, dtype=D)), model.tiers[1])])
+    state = cache.initial_state(B, dtype=D)
+    state = state._replace(usage=torch.tensor([[0.5, 0.0, 0.9], [0.1, 0.2, 0.0]], dtype=D))
+    shut = cache_interface(cache, B, add=torch.zeros(B, W, dtype=D), write=-BIG)
+    (_, state, stats), _ = cache.step(shut, state, (fill,))
+    # the whole word went into each element's least used slot (1 and 2), nothing elsewhere
+    torch.testing.assert_close(state.memory[0, 1], word[0], atol=1e-9, rtol=0)
+    torch.testing.assert_close(state.memory[1, 2], word[1], atol=1e-9, rtol=0)
+    assert state.memory[0, [0, 2]].abs().max() < 1e-9 and state.memory[1, :2].abs().max() < 1e-9
+    torch.testing.assert_close(stats.write_mass, torch.ones(B, dtype=D), atol=1e-9, rtol=0)
 
 
 def test_fills_come_only_from_a_ram_read_and_reach_the_cache_in_training():
     torch.manual_seed(1)
-    model = controller([Cache(3, 4, fill_from=["ram"], fill_threshold=0.0), RAM(6, 4, 1)])
-    out = model(torch.randn(2, 4, 3, dtype=D))
+    filling = controller([Cache(3, 4, fill_from=["ram"], fill_threshold=0.0), RAM(6, 4, 1)])
+    never = controller([Cache(3, 4, fill_from=["ram"], fill_threshold=1.0), RAM(6, 4, 1)])
+    never.load_state_dict(filling.state_dict())
+    x = torch.randn(2, 4, 3, dtype=D)
+    out, out_never = filling(x), never(x)
     assert out.state.fills[0].content.shape == (2, 1, 4)
     assert out.state.fills[1] is None
-    assert out.aux["cache"].write_mass[:, 1:].min() > 0  # fills count as cache writes
+    # step 0 has no fill yet: both runs agree there; from step 1 the fills' gates (the RAM's
+    # read peaks) add to the cache's write mass
+    torch.testing.assert_close(
+        out.aux["cache"].write_mass[:, 0], out_never.aux["cache"].write_mass[:, 0]
+    )
+    extra = out.aux["cache"].write_mass[:, 1:] - out_never.aux["cache"].write_mass[:, 1:]
+    assert (extra > 0.05).all()
+    assert out_never.state.fills[0].gate.abs().max() == 0  # peaks stay below 1
 
 
 # ---------------------------------------------------------------------- a disk that learns
@@ -335,10 +376,13 @@ def test_a_learning_disk_keeps_the_window_in_a_differentiable_buffer(tmp_path):
         torch.from_numpy(disk.own.read_keys()).double(), key.detach(), atol=1e-6, rtol=0
     )
     # once stored, rows are constants: reading them gives no gradient to the old writes
-    key.grad = None
-    read, _, _ = disk(_disk_interface(disk, B, key=key * 0, value=value * 0, query=key), state)
+    key.grad, value.grad = None, None
+    query = key.detach().clone().requires_grad_()
+    stored_state = disk.initial_state(B)._replace(clock=torch.ones(B, dtype=torch.long))
+    read, _, _ = disk(_disk_interface(disk, B, key=key, value=value, query=query), stored_state)
     read.sum().backward()
-    assert key.grad is not None  # through the query only
+    assert query.grad.abs().sum() > 0  # through the query
+    assert key.grad.abs().sum() == 0 and value.grad.abs().sum() == 0  # an off tick, stored rows
     fresh = torch.randn(B, Dk, dtype=D, requires_grad=True)
     off_tick = disk.initial_state(B)._replace(clock=torch.ones(B, dtype=torch.long))
     interface = _disk_interface(disk, B, key=fresh, value=fresh, query=fresh.detach())
@@ -401,12 +445,24 @@ def test_a_cache_spills_into_a_learning_disk_under_training(tmp_path):
     )  # fmt: skip
     task = Copy(lengths=(2, 3), eval_lengths=(4, 5), bits=4, batch_size=3, train_batches=2,
                 val_batches=1, test_batches=1)  # fmt: skip
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0)  # fmt: skip
-    trainer.fit(model, task)
     disk = model.controller.tiers[1]
-    assert disk.rows > 0  # flushed after each window
+    seen = []  # (clock at the step, rows in the store then)
+    disk.register_forward_hook(
+        lambda module, args, output: seen.append((int(args[1].clock[0]), module.own.rows))
+    )
+    trainer.fit(model, task)
+    # windows of 4 steps: the store changes only between windows (at flushes), never inside
+    windows: list[list[int]] = []
+    for clock, rows in seen:
+        if clock % 4 == 0:
+            windows.append([])
+        windows[-1].append(rows)
+    assert len(windows) >= 4 and all(len(set(w)) == 1 for w in windows)
+    starts = [w[0] for w in windows]
+    assert starts[0] == 0 and starts == sorted(starts) and disk.rows > starts[-1] > 0
     assert torch.isfinite(torch.from_numpy(disk.own.read_keys())).all()
 
 
