@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from tiered.controllers.base import Controller
-from tiered.hierarchy import plan_hierarchy
-from tiered.tier import Spill, Tier, TierStats, Traffic, summarise_interface
+from tiered.hierarchy import plan_hierarchy, summarise_interface
+from tiered.tier import Spill, Tier, TierStats, Traffic
 from tiered.tiers.register import Register, RegisterState
 from tiered.validation import check_bool, check_positive_int
 

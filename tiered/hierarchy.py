@@ -4,19 +4,89 @@
 A spill moves content down: what a tier's write overwrites is written, the same step, into
 the tier it names (a RAM or a Disk), so a spill's source steps before its target. A fill
 moves content up: what a lower tier read with high weight is written into a Cache at the
-next step. ``plan_hierarchy`` checks every link and raises one error naming the tiers for
-an unknown name, a link to itself, a cycle, a target that cannot take writes (a ROM, a
-Register, a Cache) and a width mismatch without a projection.
+next step. ``spill_of`` is the rule that turns a write into a spilled row, and
+``summarise_interface`` the clock rules of slow tiers. ``plan_hierarchy`` checks every link
+and raises one error naming the tiers for an unknown name, a link to itself, a cycle, a
+target that cannot take writes (a ROM, a Register, a Cache) and a width mismatch without a
+projection.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from tiered.tier import Tier
+from tiered.tier import Spill, Tier
 from tiered.validation import check_name
+
+
+def spill_of(removed: Tensor, weights: Tensor, occupied: Tensor) -> Spill:
+    """The one-row write-back of a step's overwrite.
+
+    The row is the erased content of the overwritten slots, averaged with weights
+    ``p_n = w_n f_n / g``, at the gate ``g = sum_n w_n f_n`` (clamped to 1): the share of
+    this step's write that landed on occupied slots. A one-hot write with weight ``w`` onto
+    an occupied slot ``n`` with erase ``e`` spills ``e * M[n]`` at gate ``w``; a write onto
+    an empty slot spills nothing.
+
+    Args:
+        removed: (B, N, W) the content each slot lost: ``M_{t-1}[n] * e * w_n`` summed over
+            the write heads' erase products (``M_{t-1} (1 - keep)``).
+        weights: (B, N) the write weight each slot received, summed over write heads.
+        occupied: (B, N) in [0, 1], how much each slot held content before this write
+            (differentiable where the tier tracks it softly: the Cache's ``written``, the
+            dense RAM's usage).
+
+    Returns:
+        ``Spill`` with content (B, 1, W) and gate (B, 1).
+    """
+    total = (weights * occupied).sum(dim=-1)  # (B,)
+    # removed[n] already carries w_n, so weighting it by p_n / w_n = f_n / g gives the mean
+    scale = occupied / total.clamp_min(1e-6).unsqueeze(-1)  # (B, N)
+    content = torch.einsum("bn,bnw->bw", scale, removed)
+    gate = total.clamp(max=1.0)
+    return Spill(content.unsqueeze(1), gate.unsqueeze(1))
+
+
+def summarise_interface(
+    rule: str, x: Tensor, prev: Tensor, clock: Tensor, period: int, gate: Tensor | None
+) -> Tensor:
+    """One step of a slow tier's summary of the write features it was given since its last
+    tick (``Tier(clock_rule=...)``).
+
+    The window of a tick at step ``c`` (a multiple of ``period``) is steps ``c - period + 1 ..
+    c``; step 0's window is step 0 alone. At each step the summary takes the step's
+    features ``x``; at a tick the tier writes with the summary instead of ``x``.
+
+    - ``"last"``: ``s_t = x_t``: the tick's own features (what the tier got without a rule).
+    - ``"mean"``: the running mean over the window.
+    - ``"gate"``: ``s_t = g_t x_t + (1 - g_t) s_{t-1}`` with a learned gate ``g_t`` in
+      [0, 1] (the controller's), ``s = x`` at a window's first step.
+
+    Args:
+        rule: "last", "mean" or "gate".
+        x: (B, F) this step's write features.
+        prev: (B, F) the summary after the previous step.
+        clock: (B,) steps taken before this one.
+        period: the tier's period.
+        gate: (B, 1) in [0, 1] for ``"gate"``, else None.
+
+    Returns:
+        (B, F) the summary after this step.
+    """
+    if rule == "last" or period == 1:
+        return x
+    position = torch.remainder(clock - 1, period) + 1  # 1..period within the window
+    first = ((position == 1) | (clock == 0)).unsqueeze(-1)  # (B, 1)
+    if rule == "mean":
+        count = torch.where(clock == 0, 1, position).unsqueeze(-1).to(x.dtype)
+        return torch.where(first, x, prev + (x - prev) / count)
+    if rule == "gate":
+        assert gate is not None
+        return torch.where(first, x, gate * x + (1.0 - gate) * prev)
+    raise ValueError(f"summarise_interface: rule must be 'last', 'mean' or 'gate', got {rule!r}")
 
 
 def check_tier_name(owner: str, field: str, value: object) -> str | None:

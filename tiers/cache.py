@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tiered.hierarchy import check_tier_name, hierarchy_repr
+from tiered.hierarchy import check_tier_name, hierarchy_repr, spill_of
 from tiered.tier import (
     Spill,
     Tier,
@@ -26,7 +26,6 @@ from tiered.tier import (
     Traffic,
     blend,
     join_spills,
-    spill_of,
     tier_stats,
     write_ticks,
 )
@@ -156,7 +155,7 @@ class Cache(Tier):
         name: the tier's name in logs; defaults to ``"cache"``.
         spill_to: write-back: the name of a lower tier (a RAM or a Disk of the same
             controller) that receives what each write overwrites, instead of losing it
-            (``tiered.tier.spill_of``); None: overwritten content is lost.
+            (``tiered.hierarchy.spill_of``); None: overwritten content is lost.
         spill_projection: when the target's width differs from this cache's, map spilled
             rows through a trainable linear projection (owned by the controller);
             without it a width mismatch is an error.

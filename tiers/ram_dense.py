@@ -17,7 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tiered.tier import Spill, join_spills, spill_of
+from tiered.hierarchy import spill_of
+from tiered.tier import Spill, join_spills
 from tiered.tiers import addressing, linkage
 
 
@@ -149,7 +150,7 @@ def dense_step(
             least used slots (counting this step's write; a hard choice, see
             ``addressing.write_rows_to_free_slots``). They join no temporal link: a
             spilled row is found by content.
-        spill: return what this step overwrote (``tiered.tier.spill_of``, with the usage
+        spill: return what this step overwrote (``tiered.hierarchy.spill_of``, with the usage
             after the free gates as how occupied each slot was), one row for the heads'
             write and one for the incoming spills' when there were any.
 

@@ -36,8 +36,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from tiered.hierarchy import spill_of
 from tiered.knn import exact_search
-from tiered.tier import Spill, join_spills, spill_of
+from tiered.tier import Spill, join_spills
 from tiered.tiers.addressing import attend_rows, oneplus
 from tiered.tiers.sparse_links import (
     LinkTables,
@@ -271,7 +272,7 @@ def sparse_step(
     step, one row at a time into the least recently used row (``M[lru] <- M[lru] (1 - g) +
     g v``, in place, with the same rollback), which then counts as accessed; they join no
     temporal link. With ``spill``, what the step overwrote is returned as a spill
-    (``tiered.tier.spill_of`` over the written rows, a row ever written counting as
+    (``tiered.hierarchy.spill_of`` over the written rows, a row ever written counting as
     occupied): one row for the write and one per incoming row.
 
     Returns:

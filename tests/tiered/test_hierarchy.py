@@ -8,8 +8,8 @@ import torch
 from torch.autograd import gradcheck
 
 from tiered.controllers import LSTMController
-from tiered.hierarchy import plan_hierarchy
-from tiered.tier import Spill, spill_of, summarise_interface
+from tiered.hierarchy import plan_hierarchy, spill_of, summarise_interface
+from tiered.tier import Spill
 from tiered.tiers import RAM, ROM, Cache, Disk, Register
 from tiered.tiers.addressing import write_rows_to_free_slots
 
