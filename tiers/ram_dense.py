@@ -20,6 +20,7 @@ from torch import Tensor
 from tiered.hierarchy import spill_of
 from tiered.tier import Spill, join_spills
 from tiered.tiers import addressing, linkage
+from tiered.tiers.link_kernels import link_step
 
 
 class RAMState(NamedTuple):
@@ -178,7 +179,10 @@ def dense_step(
     memory, removed = addressing.overwrite(state.memory, write_weights, p.erase, p.write_vectors)
     erased = removed.abs().sum(dim=(-2, -1))  # (B,)
     spills = [spill_of(removed, write_weights.sum(dim=1), usage)] if spill else []
-    link = linkage.update_link(state.link, state.precedence, write_weights)
+    # The link update and both directional reads in one pass over each link matrix.
+    link, forward, backward = link_step(
+        state.link, state.precedence, write_weights, state.read_weights
+    )
     precedence = linkage.update_precedence(state.precedence, write_weights)
     weights = write_weights.detach()
     in_use = addressing.mark_written(usage.detach(), weights)  # (B, N)
@@ -203,8 +207,6 @@ def dense_step(
         mass = mass + spill_weights.detach().sum(dim=(1, 2))
     # Read: content on the new memory, forward/backward along the links.
     read_content = addressing.content_weights(memory, p.read_keys, p.read_strengths)
-    forward = linkage.directional_read_weights(link, state.read_weights, forward=True)
-    backward = linkage.directional_read_weights(link, state.read_weights, forward=False)
     read_weights = mix_read_weights(p.read_modes, read_content, forward, backward)
     words = addressing.read_words(memory, read_weights)  # (B, R, W)
     next_state = RAMState(
