@@ -30,13 +30,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-KERNELS = ("auto", "numba", "torch")
+from tiered.tiers import linkage
+
+KERNELS = ("auto", "numba", "torch", "reference")
 _kernel = "auto"
 
 
 def set_kernel(kernel: str) -> str:
-    """Choose how ``link_step`` runs on CPUs: "numba", "torch" or "auto" (numba when it
-    imports); returns the previous choice. CUDA tensors always take "torch"."""
+    """Choose how ``link_step`` runs: "numba", "torch", "reference" or "auto" (numba on CPUs
+    when it imports, else torch); returns the previous choice. "reference" is the plain
+    autograd composition of ``tiered.tiers.linkage`` (the code before the fused step), for
+    comparisons; CUDA tensors take "torch" unless "reference" is chosen."""
     global _kernel
     if kernel not in KERNELS:
         raise ValueError(f"link kernel must be one of {KERNELS}, got {kernel!r}")
@@ -46,6 +50,8 @@ def set_kernel(kernel: str) -> str:
 
 def resolved_kernel(device: torch.device) -> str:
     """The kernel ``link_step`` uses for tensors on ``device``."""
+    if _kernel == "reference":
+        return "reference"
     if device.type != "cpu":
         return "torch"
     if _kernel == "auto":
@@ -269,7 +275,14 @@ def _numba_kernels() -> Any | None:
     return forward, backward
 
 
-def _threads(pairs: int) -> int:
+# Below this many link entries (P N^2) a kernel runs on the calling thread: handing work
+# to another thread costs more than it saves.
+PARALLEL_ENTRIES = 1 << 18
+
+
+def _threads(pairs: int, slots: int) -> int:
+    if pairs * slots * slots < PARALLEL_ENTRIES:
+        return 1
     return max(1, min(pairs, torch.get_num_threads()))
 
 
@@ -279,9 +292,9 @@ def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiered-links")
 
 
-def _run(kernel, pairs: int, call) -> None:
+def _run(pairs: int, slots: int, call) -> None:
     """Run ``call(start, stop)`` over [0, pairs) split among up to torch's thread count."""
-    threads = _threads(pairs)
+    threads = _threads(pairs, slots)
     if threads == 1:
         call(0, pairs)
         return
@@ -314,7 +327,7 @@ def _forward_numba(link: Tensor, precedence: Tensor, write: Tensor, reads: Tenso
         )
     ]
     outs = [out.view(P, N, N).numpy(), fwd.view(P, R, N).numpy(), bwd.view(P, R, N).numpy()]
-    _run(forward_kernel, P, lambda s, e: forward_kernel(*arrays[:5], H, *outs, s, e))
+    _run(P, N, lambda s, e: forward_kernel(*arrays[:5], H, *outs, s, e))
     return out, fwd.transpose(1, 2), bwd.transpose(1, 2)
 
 
@@ -349,7 +362,7 @@ def _backward_numba(link, precedence, write, reads, grad_link, grad_forward, gra
         backward_kernel(*ins, H, grad, grad_link is not None, gf, gb, prev, want_prev,
                         *outs, scratch, start, stop)  # fmt: skip
 
-    _run(backward_kernel, P, call)
+    _run(P, N, call)
     return grad_prev, gp.view(B, H, N), gw.view(B, H, N), gx.sum(dim=1)
 
 
@@ -412,4 +425,11 @@ def link_step(
     Returns:
         L_t (B, H, N, N), forward weights (B, R, H, N), backward weights (B, R, H, N).
     """
+    if resolved_kernel(link.device) == "reference":
+        new = linkage.update_link(link, precedence, write_weights)
+        return (
+            new,
+            linkage.directional_read_weights(new, read_weights, forward=True),
+            linkage.directional_read_weights(new, read_weights, forward=False),
+        )
     return _LinkStep.apply(link, precedence, write_weights, read_weights)
