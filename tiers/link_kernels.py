@@ -2,14 +2,17 @@
 
 A step of the DNC updates each write head's link matrix and then reads it twice (forward
 and backward weights). Written as tensor operations that is about ten passes over
-B x H x N x N numbers forward and more backward, each pass a fresh allocation; at 1024
-slots the step is bound by those passes. ``link_step`` does the update and both reads in
-one pass (read L_{t-1}, write L_t) and its backward in one more (read L_{t-1} and the
-gradient of L_t, write the gradient of L_{t-1}); nothing else of size N x N is saved. On
-CPUs the passes are numba kernels (``kernel="numba"``, the default where numba imports), run
-over the batch by a few Python threads (the kernels release the GIL, so no OpenMP runtime
-spins against torch's); elsewhere the same algebra runs as torch operations
-(``kernel="torch"``). ``tiered.tiers.linkage`` keeps the plain autograd reference.
+B x H x N x N numbers forward and more backward, each a fresh allocation; at 1024 slots
+the step is bound by those passes. ``link_step`` does the update and both reads in one pass
+(read L_{t-1}, write L_t) and its backward in one more (read L_{t-1} and the gradient of
+L_t, write the gradient of L_{t-1}); nothing else of size N x N is saved.
+
+On CPUs the passes are C kernels (``kernels/links.c``, ``kernel="c"``), compiled at first
+use with the system C compiler for this machine and kept under ``~/.cache/tiered/kernels``.
+Loaded after torch, their OpenMP loops run on torch's own worker threads. Without a
+compiler, on GPUs, and for dtypes other than float32/float64, the same algebra runs as
+torch operations (``kernel="torch"``). ``tiered.tiers.linkage`` keeps the plain autograd
+reference (``kernel="reference"``).
 
 Link matrices come from a per-process pool (``LinkPool``), so a training loop reuses the
 same memory batch after batch instead of page-faulting fresh 32 MiB blocks every step.
@@ -19,28 +22,33 @@ Named dimensions: B batch, H write heads, R read heads, N slots; P = B H link ma
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import hashlib
 import os
+import platform
+import shutil
+import subprocess
 import sys
 import threading
+import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from tiered.tiers import linkage
 
-KERNELS = ("auto", "numba", "torch", "reference")
+KERNELS = ("auto", "c", "torch", "reference")
 _kernel = "auto"
 
 
 def set_kernel(kernel: str) -> str:
-    """Choose how ``link_step`` runs: "numba", "torch", "reference" or "auto" (numba on CPUs
-    when it imports, else torch); returns the previous choice. "reference" is the plain
-    autograd composition of ``tiered.tiers.linkage`` (the code before the fused step), for
-    comparisons; CUDA tensors take "torch" unless "reference" is chosen."""
+    """Choose how ``link_step`` runs: "c", "torch", "reference" or "auto" (the default: C
+    on CPUs for float32/float64 when the kernels build, else torch); returns the previous
+    choice. "reference" is the plain autograd composition of ``tiered.tiers.linkage`` (the
+    code before the fused step), for comparisons."""
     global _kernel
     if kernel not in KERNELS:
         raise ValueError(f"link kernel must be one of {KERNELS}, got {kernel!r}")
@@ -48,17 +56,15 @@ def set_kernel(kernel: str) -> str:
     return previous
 
 
-def resolved_kernel(device: torch.device) -> str:
-    """The kernel ``link_step`` uses for tensors on ``device``."""
-    if _kernel == "reference":
-        return "reference"
-    if device.type != "cpu":
+def resolved_kernel(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The kernel ``link_step`` uses for tensors of this device and dtype."""
+    if _kernel in ("reference", "torch"):
+        return _kernel
+    if device.type != "cpu" or _suffix(dtype) is None:
         return "torch"
-    if _kernel == "auto":
-        return "numba" if _numba_kernels() is not None else "torch"
-    if _kernel == "numba" and _numba_kernels() is None:
-        raise RuntimeError("link kernel 'numba' was chosen but numba does not import")
-    return _kernel
+    if _kernel == "c" and _library() is None:
+        raise RuntimeError("link kernel 'c' was chosen but the C kernels could not be built")
+    return "c" if _library() is not None else "torch"
 
 
 # --------------------------------------------------------------------------- buffer pool
@@ -165,205 +171,125 @@ def _backward_torch(link, precedence, write, reads, grad_link, grad_forward, gra
     return grad_prev, grad_precedence, grad_write, grad_reads
 
 
-# --------------------------------------------------------------------------- numba kernels
+# --------------------------------------------------------------------------- C kernels
 
-
-@functools.cache
-def _numba_kernels() -> Any | None:
-    """The compiled kernels (made on first use, cached on disk by numba), or None without
-    numba."""
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return None
-
-    jit = numba.njit(nogil=True, fastmath=True, cache=True, boundscheck=False)
-
-    @jit
-    def forward(link, precedence, write, keep, reads, heads, out, fwd, bwd, start, stop):
-        """Pairs q in [start, stop): out[q] = the new link, fwd[q] = L x, bwd[q] = L^T x.
-
-        link, out: (P, N, N); precedence, write, keep (= 1 - write): (P, N);
-        reads: (B, R, N); fwd, bwd: (P, R, N).
-        """
-        N = link.shape[1]
-        R = reads.shape[1]
-        for q in range(start, stop):
-            b = q // heads
-            p, w, c = precedence[q], write[q], keep[q]
-            for r in range(R):
-                for j in range(N):
-                    bwd[q, r, j] = 0
-            for i in range(N):
-                wi, ci = w[i], c[i]
-                old, new = link[q, i], out[q, i]
-                for j in range(N):
-                    new[j] = (ci - w[j]) * old[j] + wi * p[j]
-                new[i] = 0
-                for r in range(R):
-                    x, col = reads[b, r], bwd[q, r]
-                    xi = x[i]
-                    acc = new[i]
-                    for j in range(N):
-                        v = new[j]
-                        acc += v * x[j]
-                        col[j] += v * xi
-                    fwd[q, r, i] = acc
-
-    @jit
-    def backward(link, precedence, write, keep, reads, heads, grad, has_grad, gf, gb,
-                 grad_prev, want_prev, gw, gp, gx, scratch, start, stop):  # fmt: skip
-        """Pairs q in [start, stop): the gradients of ``forward`` (see _LinkStep.backward).
-
-        grad, grad_prev: (P, N, N) (grad read only when has_grad, grad_prev written only
-        when want_prev); gf, gb, gx: (P, R, N); gw, gp: (P, N); scratch: (2, N) per call.
-        """
-        N = link.shape[1]
-        R = reads.shape[1]
-        total, new = scratch[0], scratch[1]
-        for q in range(start, stop):
-            b = q // heads
-            p, w, c = precedence[q], write[q], keep[q]
-            gwq, gpq = gw[q], gp[q]
-            for j in range(N):
-                gwq[j] = 0
-                gpq[j] = 0
-            for r in range(R):
-                for j in range(N):
-                    gx[q, r, j] = 0
-            for i in range(N):
-                wi, ci = w[i], c[i]
-                old = link[q, i]
-                if has_grad:
-                    g = grad[q, i]
-                    for j in range(N):
-                        total[j] = g[j]
-                else:
-                    for j in range(N):
-                        total[j] = 0
-                # Gt[i, j] = G[i, j] + sum_r gf[r, i] x_r[j] + x_r[i] gb[r, j]
-                for r in range(R):
-                    x, y = reads[b, r], gb[q, r]
-                    a, d = gf[q, r, i], x[i]
-                    for j in range(N):
-                        total[j] += a * x[j] + d * y[j]
-                total[i] = 0
-                row = total[i]
-                for j in range(N):
-                    t, o, cj = total[j], old[j], ci - w[j]
-                    new[j] = cj * o + wi * p[j]
-                    row += t * (p[j] - o)
-                    gwq[j] -= t * o
-                    gpq[j] += t * wi
-                    total[j] = cj * t  # now the gradient of L_{t-1}'s row
-                new[i] = 0
-                gwq[i] += row
-                if want_prev:
-                    out = grad_prev[q, i]
-                    for j in range(N):
-                        out[j] = total[j]
-                for r in range(R):
-                    y, gxr = gb[q, r], gx[q, r]
-                    a = gf[q, r, i]
-                    acc = new[i]
-                    for j in range(N):
-                        v = new[j]
-                        gxr[j] += v * a
-                        acc += v * y[j]
-                    gxr[i] += acc
-
-    return forward, backward
-
-
-# Below this many link entries (P N^2) a kernel runs on the calling thread: handing work
-# to another thread costs more than it saves.
+SOURCE = Path(__file__).with_name("kernels") / "links.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fassociative-math", "-fno-signed-zeros",
+         "-fno-trapping-math", "-fPIC", "-shared")  # fmt: skip
+# Below this many link entries (P N^2) a kernel runs on one thread: waking others costs more.
 PARALLEL_ENTRIES = 1 << 18
 
 
-def _threads(pairs: int, slots: int) -> int:
-    if pairs * slots * slots < PARALLEL_ENTRIES:
-        return 1
-    return max(1, min(pairs, torch.get_num_threads()))
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tiered" / "kernels"
 
 
-@functools.lru_cache(maxsize=4)
-def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
-    """Kernel threads, made once per count in each process (a forked child makes its own)."""
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiered-links")
+def _machine_key(compiler: str) -> str:
+    """A hash of the source, the compiler and this CPU (the build uses -march=native)."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(" ".join(FLAGS).encode())
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+    digest.update(version.stdout.encode())
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            digest.update(
+                "".join(l for l in handle if l.startswith(("model name", "flags"))).encode()
+            )
+    except OSError:
+        digest.update(platform.processor().encode())
+    return digest.hexdigest()[:16]
 
 
-def _run(pairs: int, slots: int, call) -> None:
-    """Run ``call(start, stop)`` over [0, pairs) split among up to torch's thread count."""
-    threads = _threads(pairs, slots)
-    if threads == 1:
-        call(0, pairs)
-        return
-    bounds = [pairs * k // threads for k in range(threads + 1)]
-    jobs = [
-        _pool(threads, os.getpid()).submit(call, bounds[k], bounds[k + 1])
-        for k in range(1, threads)
-    ]
-    call(bounds[0], bounds[1])
-    for job in jobs:
-        job.result()
+def build_library(directory: Path | None = None) -> Path:
+    """Compile ``kernels/links.c`` for this machine (once: the file is kept, named by a hash
+    of the source, compiler and CPU) and return the shared library's path.
+
+    Raises:
+        RuntimeError: no C compiler on PATH (``cc``, ``gcc`` or ``clang``), or it failed.
+    """
+    compiler = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    directory = directory or _cache_dir()
+    target = directory / f"links-{_machine_key(compiler)}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".{target.name}.{os.getpid()}.{threading.get_ident()}"
+    done = subprocess.run([compiler, *FLAGS, "-o", str(partial), str(SOURCE)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"{compiler} failed on {SOURCE.name}: {done.stderr.strip()[-500:]}")
+    os.replace(partial, target)  # atomic: concurrent builds each finish a whole file
+    return target
 
 
-def _forward_numba(link: Tensor, precedence: Tensor, write: Tensor, reads: Tensor):
-    forward_kernel, _ = _numba_kernels()
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (with one warning) when they cannot be built."""
+    try:
+        library = ctypes.CDLL(str(build_library()))  # after torch: binds to torch's OpenMP
+    except (OSError, RuntimeError) as error:
+        warnings.warn(
+            f"tiered: the dense RAM's link kernels could not be built ({error}); using the "
+            f"slower torch path (docs/tiers.md, 'Speed of the dense RAM')",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    for suffix in ("f32", "f64"):
+        getattr(library, f"link_forward_{suffix}").argtypes = [pointer] * 4 + [size] * 5 + [
+            pointer
+        ] * 3
+        getattr(library, f"link_backward_{suffix}").argtypes = [pointer] * 4 + [size] * 5 + [
+            pointer
+        ] * 7
+    return library
+
+
+def _suffix(dtype: torch.dtype) -> str | None:
+    return {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
+
+
+def _pointer(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _forward_c(link: Tensor, precedence: Tensor, write: Tensor, reads: Tensor):
     B, H, N, _ = link.shape
     R = reads.shape[1]
     P = B * H
     out = POOL.take((B, H, N, N), link.dtype, link.device)
     fwd = torch.empty(B, H, R, N, dtype=link.dtype)
     bwd = torch.empty(B, H, R, N, dtype=link.dtype)
-    arrays = [
-        t.contiguous().reshape(shape).numpy()
-        for t, shape in (
-            (link, (P, N, N)),
-            (precedence, (P, N)),
-            (write, (P, N)),
-            (1.0 - write, (P, N)),
-            (reads, (B, R, N)),
-        )
-    ]
-    outs = [out.view(P, N, N).numpy(), fwd.view(P, R, N).numpy(), bwd.view(P, R, N).numpy()]
-    _run(P, N, lambda s, e: forward_kernel(*arrays[:5], H, *outs, s, e))
+    inputs = [t.contiguous() for t in (link, precedence, write, reads)]
+    kernel = getattr(_library(), f"link_forward_{_suffix(link.dtype)}")
+    kernel(*map(_pointer, inputs), P, H, N, R, P * N * N >= PARALLEL_ENTRIES,
+           *map(_pointer, (out, fwd, bwd)))  # fmt: skip
     return out, fwd.transpose(1, 2), bwd.transpose(1, 2)
 
 
-def _backward_numba(link, precedence, write, reads, grad_link, grad_forward, grad_backward,
-                    want_prev):  # fmt: skip
-    _, backward_kernel = _numba_kernels()
+def _backward_c(link, precedence, write, reads, grad_link, grad_forward, grad_backward,
+                want_prev):  # fmt: skip
     B, H, N, _ = link.shape
     R = reads.shape[1]
     P = B * H
     dtype = link.dtype
     grad_prev = POOL.take((B, H, N, N), dtype, link.device) if want_prev else None
-    gw = torch.empty(P, N, dtype=dtype)
-    gp = torch.empty(P, N, dtype=dtype)
+    gw = torch.empty(B, H, N, dtype=dtype)
+    gp = torch.empty(B, H, N, dtype=dtype)
     gx = torch.empty(B, H, R, N, dtype=dtype)
-    flat = lambda t, shape: t.contiguous().reshape(shape).numpy()  # noqa: E731
-    ins = [
-        flat(link, (P, N, N)),
-        flat(precedence, (P, N)),
-        flat(write, (P, N)),
-        flat(1.0 - write, (P, N)),
-        flat(reads, (B, R, N)),
-    ]
-    dummy = ins[0][:1, :1, :1]
-    grad = flat(grad_link, (P, N, N)) if grad_link is not None else dummy
-    gf = flat(grad_forward.transpose(1, 2), (P, R, N))
-    gb = flat(grad_backward.transpose(1, 2), (P, R, N))
-    prev = grad_prev.view(P, N, N).numpy() if grad_prev is not None else dummy
-    outs = [gw.numpy(), gp.numpy(), gx.view(P, R, N).numpy()]
-
-    def call(start: int, stop: int) -> None:
-        scratch = torch.empty(2, N, dtype=dtype).numpy()
-        backward_kernel(*ins, H, grad, grad_link is not None, gf, gb, prev, want_prev,
-                        *outs, scratch, start, stop)  # fmt: skip
-
-    _run(P, N, call)
-    return grad_prev, gp.view(B, H, N), gw.view(B, H, N), gx.sum(dim=1)
+    inputs = [t.contiguous() for t in (link, precedence, write, reads)]
+    grad = None if grad_link is None else grad_link.contiguous()
+    gf = grad_forward.transpose(1, 2).contiguous()  # (B, H, R, N)
+    gb = grad_backward.transpose(1, 2).contiguous()
+    kernel = getattr(_library(), f"link_backward_{_suffix(dtype)}")
+    kernel(*map(_pointer, inputs), P, H, N, R, P * N * N >= PARALLEL_ENTRIES,
+           *map(_pointer, (grad, gf, gb, grad_prev, gw, gp, gx)))  # fmt: skip
+    return grad_prev, gp, gw, gx.sum(dim=1)
 
 
 # --------------------------------------------------------------------------- the step
@@ -380,12 +306,12 @@ class _LinkStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, link, precedence, write, reads):  # type: ignore[override]
-        kernel = resolved_kernel(link.device)
+        kernel = resolved_kernel(link.device, link.dtype)
         ctx.kernel = kernel
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(link, precedence, write, reads)
-        if kernel == "numba":
-            return _forward_numba(link, precedence, write, reads)
+        if kernel == "c":
+            return _forward_c(link, precedence, write, reads)
         return _forward_torch(link, precedence, write, reads)
 
     @staticmethod
@@ -398,8 +324,8 @@ class _LinkStep(torch.autograd.Function):
             grad_forward = link.new_zeros(B, R, H, N)
         if grad_backward is None:
             grad_backward = link.new_zeros(B, R, H, N)
-        if ctx.kernel == "numba":
-            grads = _backward_numba(link, precedence, write, reads, grad_link, grad_forward,
+        if ctx.kernel == "c":
+            grads = _backward_c(link, precedence, write, reads, grad_link, grad_forward,
                                     grad_backward, ctx.needs_input_grad[0])  # fmt: skip
         else:
             grads = _backward_torch(link, precedence, write, reads, grad_link, grad_forward,
@@ -425,7 +351,7 @@ def link_step(
     Returns:
         L_t (B, H, N, N), forward weights (B, R, H, N), backward weights (B, R, H, N).
     """
-    if resolved_kernel(link.device) == "reference":
+    if resolved_kernel(link.device, link.dtype) == "reference":
         new = linkage.update_link(link, precedence, write_weights)
         return (
             new,
