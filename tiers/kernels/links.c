@@ -38,7 +38,23 @@ void link_forward_##SUFFIX(const T *restrict link, const T *restrict precedence,
             T *restrict Oi = O + i * N;                                                   \
             for (int64_t j = 0; j < N; j++) Oi[j] = (ci - w[j]) * Li[j] + wi * p[j];      \
             Oi[i] = 0;                                                                    \
-            for (int64_t r = 0; r < R; r++) {                                             \
+            int64_t r = 0;                                                                \
+            for (; r + 1 < R; r += 2) { /* two heads per pass over the row */             \
+                const T *restrict xa = x + r * N, *restrict xb = xa + N;                  \
+                T *restrict ba = bk + r * N, *restrict bb = ba + N;                       \
+                const T ya = xa[i], yb = xb[i];                                           \
+                T acc_a = 0, acc_b = 0;                                                   \
+                for (int64_t j = 0; j < N; j++) {                                         \
+                    const T v = Oi[j];                                                    \
+                    acc_a += v * xa[j];                                                   \
+                    acc_b += v * xb[j];                                                   \
+                    ba[j] += v * ya;                                                      \
+                    bb[j] += v * yb;                                                      \
+                }                                                                         \
+                f[r * N + i] = acc_a;                                                     \
+                f[(r + 1) * N + i] = acc_b;                                               \
+            }                                                                             \
+            for (; r < R; r++) {                                                          \
                 const T *restrict xr = x + r * N;                                         \
                 T *restrict br = bk + r * N;                                              \
                 const T xi = xr[i];                                                       \
