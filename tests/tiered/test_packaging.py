@@ -208,6 +208,29 @@ def test_every_module_imports_from_the_installed_wheel(installed, wheel_names, w
     assert outside == {}, f"imported from outside {installed.site}"
 
 
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+def test_the_installed_wheel_builds_and_runs_the_link_kernels(installed, wheel_names, workdir,
+                                                              scratch):  # fmt: skip
+    # The C source ships in the wheel, and a user's first dense RAM step compiles it into
+    # their cache folder (here a fresh one) and steps with it.
+    assert "tiered/tiers/kernels/links.c" in wheel_names
+    cache = scratch / "xdg-cache"
+    code = (
+        "import json, torch\n"
+        "from tiered.tiers import link_kernels\n"
+        "from tiered.controllers import LSTMController\n"
+        "from tiered.tiers import RAM, Register\n"
+        "c = LSTMController(3, 2, Register(5), [RAM(7, 4, read_heads=2, sparse=False)])\n"
+        "c(torch.randn(2, 3, 3)).output.sum().backward()\n"
+        "print(json.dumps([link_kernels.resolved_kernel(torch.device('cpu')),"
+        " str(link_kernels.SOURCE)]))"
+    )
+    kernel, source = installed.probe(code, workdir, XDG_CACHE_HOME=str(cache))
+    assert kernel == "c"
+    assert _inside(source, installed.site)
+    assert len(list((cache / "tiered" / "kernels").glob("links-*.so"))) == 1
+
+
 def test_console_script_prints_a_config(installed, workdir):
     task = EXPERIMENTS / "tasks" / "copy.yaml"
     stack = EXPERIMENTS / "stacks" / "ram.yaml"

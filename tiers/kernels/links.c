@@ -97,24 +97,41 @@ void link_backward_##SUFFIX(const T *restrict link, const T *restrict precedence
             const T *restrict Li = L + i * N;                                             \
             for (int64_t j = 0; j < N; j++) fresh[j] = (ci - w[j]) * Li[j] + wi * p[j];   \
             fresh[i] = 0;                                                                 \
-            if (grad) {                                                                   \
-                memcpy(total, grad + q * N * N + i * N, sizeof(T) * N);                   \
-            } else {                                                                      \
-                memset(total, 0, sizeof(T) * N);                                          \
-            }                                                                             \
+            /* Gt's row, head by head; the first head's pass also copies the gradient. */ \
+            const T *restrict Gi = grad ? grad + q * N * N + i * N : 0;                   \
             for (int64_t r = 0; r < R; r++) {                                             \
                 const T *restrict xr = x + r * N;                                         \
                 const T *restrict yr = gbq + r * N;                                       \
                 T *restrict gxr = gxq + r * N;                                            \
                 const T a = gfq[r * N + i], d = xr[i];                                    \
                 T acc = 0;                                                                \
-                for (int64_t j = 0; j < N; j++) {                                         \
-                    const T v = fresh[j], y = yr[j];                                      \
-                    total[j] += a * xr[j] + d * y;                                        \
-                    gxr[j] += v * a;                                                      \
-                    acc += v * y;                                                         \
+                if (r > 0) {                                                              \
+                    for (int64_t j = 0; j < N; j++) {                                     \
+                        const T v = fresh[j], y = yr[j];                                  \
+                        total[j] += a * xr[j] + d * y;                                    \
+                        gxr[j] += v * a;                                                  \
+                        acc += v * y;                                                     \
+                    }                                                                     \
+                } else if (Gi) {                                                          \
+                    for (int64_t j = 0; j < N; j++) {                                     \
+                        const T v = fresh[j], y = yr[j];                                  \
+                        total[j] = Gi[j] + a * xr[j] + d * y;                             \
+                        gxr[j] += v * a;                                                  \
+                        acc += v * y;                                                     \
+                    }                                                                     \
+                } else {                                                                  \
+                    for (int64_t j = 0; j < N; j++) {                                     \
+                        const T v = fresh[j], y = yr[j];                                  \
+                        total[j] = a * xr[j] + d * y;                                     \
+                        gxr[j] += v * a;                                                  \
+                        acc += v * y;                                                     \
+                    }                                                                     \
                 }                                                                         \
                 gxr[i] += acc;                                                            \
+            }                                                                             \
+            if (R == 0) {                                                                 \
+                if (Gi) memcpy(total, Gi, sizeof(T) * N);                                 \
+                else memset(total, 0, sizeof(T) * N);                                     \
             }                                                                             \
             total[i] = 0;                                                                 \
             T row = 0;                                                                    \
