@@ -137,11 +137,19 @@ POOL = LinkPool()
 # --------------------------------------------------------------------------- torch algebra
 
 
+def _scaled(link: Tensor, write: Tensor, out: Tensor) -> Tensor:
+    """out = (1 - w_i - w_j) link, in two passes and no N x N temporary."""
+    torch.mul(link, (1.0 - write).unsqueeze(-1), out=out)
+    return out.addcmul_(link, write.unsqueeze(-2), value=-1.0)
+
+
 def _forward_torch(link: Tensor, precedence: Tensor, write: Tensor, reads: Tensor):
-    """The link step as torch operations; shapes as in ``link_step``."""
-    w_i = write.unsqueeze(-1)  # (B, H, N, 1)
-    out = torch.mul(link, (1.0 - w_i) - write.unsqueeze(-2))
-    out.add_(w_i * precedence.unsqueeze(-2))
+    """The link step as torch operations; shapes as in ``link_step``. Its one N x N result
+    comes from the pool (on CPUs)."""
+    B, H, N, _ = link.shape
+    out = _scaled(link, write, POOL.take((B, H, N, N), link.dtype, link.device))
+    flat = out.view(B * H, N, N)
+    flat.baddbmm_(write.reshape(B * H, N, 1), precedence.reshape(B * H, 1, N))
     out.diagonal(dim1=-2, dim2=-1).zero_()
     forward = torch.einsum("bhij,brj->brhi", out, reads)
     backward = torch.einsum("bhij,bri->brhj", out, reads)
@@ -149,25 +157,40 @@ def _forward_torch(link: Tensor, precedence: Tensor, write: Tensor, reads: Tenso
 
 
 def _backward_torch(link, precedence, write, reads, grad_link, grad_forward, grad_backward):
-    """Gradients of the link step as torch operations (see ``_LinkStep.backward``)."""
-    w_i, w_j = write.unsqueeze(-1), write.unsqueeze(-2)
-    # Gt[i, j] = G[i, j] + sum_r gf[r, i] x[r, j] + sum_r x[r, i] gb[r, j], zero diagonal.
-    total = torch.einsum("brhi,brj->bhij", grad_forward, reads)
-    total += torch.einsum("bri,brhj->bhij", reads, grad_backward)
-    if grad_link is not None:
-        total += grad_link
+    """Gradients of the link step as torch operations (see ``_LinkStep.backward``); its
+    N x N temporaries come from the pool (on CPUs)."""
+    B, H, N, _ = link.shape
+    R = reads.shape[1]
+    P = B * H
+
+    def take() -> Tensor:
+        return POOL.take((B, H, N, N), link.dtype, link.device)
+
+    # Gt = G + U V with U = [gf^T, x^T] (P, N, 2R), V = [x, gb] (P, 2R, N); zero diagonal.
+    x = reads.unsqueeze(1).expand(B, H, R, N)
+    u = torch.cat([grad_forward.transpose(1, 2), x], dim=2).reshape(P, 2 * R, N)
+    v = torch.cat([x, grad_backward.transpose(1, 2)], dim=2).reshape(P, 2 * R, N)
+    total = take()
+    if grad_link is None:
+        torch.bmm(u.transpose(1, 2), v, out=total.view(P, N, N))
+    else:
+        torch.baddbmm(grad_link.reshape(P, N, N), u.transpose(1, 2), v,
+                      out=total.view(P, N, N))  # fmt: skip
     total.diagonal(dim1=-2, dim2=-1).zero_()
-    new = (1.0 - w_i - w_j) * link + w_i * precedence.unsqueeze(-2)
-    new.diagonal(dim1=-2, dim2=-1).zero_()
-    grad_prev = (1.0 - w_i - w_j) * total
-    product = total * link
+    grad_precedence = torch.einsum("bhij,bhi->bhj", total, write)
+    product = torch.mul(total, link, out=take())
     grad_write = (
         torch.einsum("bhij,bhj->bhi", total, precedence) - product.sum(-1) - product.sum(-2)
     )
-    grad_precedence = torch.einsum("bhij,bhi->bhj", total, write)
+    del product
+    new = _scaled(link, write, take())
+    new.view(P, N, N).baddbmm_(write.reshape(P, N, 1), precedence.reshape(P, 1, N))
+    new.diagonal(dim1=-2, dim2=-1).zero_()
     grad_reads = torch.einsum("bhij,brhi->brj", new, grad_forward) + torch.einsum(
         "bhij,brhj->bri", new, grad_backward
     )
+    del new
+    grad_prev = _scaled(total, write, take())
     return grad_prev, grad_precedence, grad_write, grad_reads
 
 
