@@ -264,12 +264,12 @@ def _library() -> ctypes.CDLL | None:
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     for suffix in ("f32", "f64"):
-        getattr(library, f"link_forward_{suffix}").argtypes = [pointer] * 4 + [size] * 5 + [
-            pointer
-        ] * 3
-        getattr(library, f"link_backward_{suffix}").argtypes = [pointer] * 4 + [size] * 5 + [
-            pointer
-        ] * 7
+        getattr(library, f"link_forward_{suffix}").argtypes = (
+            [pointer] * 4 + [size] * 5 + [pointer] * 3
+        )
+        getattr(library, f"link_backward_{suffix}").argtypes = (
+            [pointer] * 4 + [size] * 5 + [pointer] * 7
+        )
     return library
 
 
@@ -353,7 +353,9 @@ class _LinkStep(torch.autograd.Function):
         else:
             grads = _backward_torch(link, precedence, write, reads, grad_link, grad_forward,
                                     grad_backward)  # fmt: skip
-        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+        return tuple(
+            g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=True)
+        )
 
 
 def link_step(

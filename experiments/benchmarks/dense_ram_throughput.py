@@ -8,10 +8,11 @@ configurations alternate within each round, so they share the machine's state si
 - ``dnc``: the PyPI `dnc` 1.1.0 package (ixaxaar/pytorch-dnc), installed without its
   dependencies into its own folder (``--dnc-dir``) and imported from there; the same
   interpreter supplies torch and numpy. Skipped, with a note, when pip cannot fetch it.
-- ``tiered``: this library as a user gets it (``link_kernels`` "auto": the numba kernels).
+- ``tiered``: this library as a user gets it (``link_kernels`` "auto": the C kernels).
 - ``tiered-torch``: the fused link step as torch operations (the CUDA path).
 - ``tiered-reference``: the link update and reads as plain autograd (the code before the
   fused step).
+- ``tiered-links``: the link step alone (C kernels), beside the traffic bound below.
 
 At the largest slot count it also measures the machine's copy bandwidth (one 256 MiB copy,
 bytes read plus bytes written per second, 2 threads) and the link-matrix traffic a step
@@ -39,6 +40,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 DNC_VERSION = "1.1.0"
 BATCH, LENGTH, INPUTS, HIDDEN, WIDTH, READS = 8, 20, 9, 64, 32, 4
 SIDES = ("dnc", "tiered", "tiered-torch", "tiered-reference")
+LINKS = "tiered-links"  # the link step alone, C kernels: what the traffic bound bounds
 
 
 def worker(side: str, slots: int, repeats: int, threads: int) -> list[float]:
@@ -48,6 +50,8 @@ def worker(side: str, slots: int, repeats: int, threads: int) -> list[float]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(BATCH, LENGTH, INPUTS)
+    if side == LINKS:
+        return links_alone(slots, repeats)
     if side == "dnc":
         from dnc import DNC
 
@@ -77,6 +81,37 @@ def worker(side: str, slots: int, repeats: int, threads: int) -> list[float]:
         loss_of().backward()
         elapsed = time.perf_counter() - start
         model.zero_grad(set_to_none=True)
+        if i > 0:
+            times.append(elapsed)
+    return times
+
+
+def links_alone(slots: int, repeats: int) -> list[float]:
+    """Seconds per batch of the link step alone (C kernels): ``LENGTH`` chained steps of
+    ``link_step`` forward, then backward from every step's reads and the last link."""
+    import torch
+
+    from tiered.tiers import link_kernels
+
+    link_kernels.set_kernel("auto")
+    g = torch.Generator().manual_seed(0)
+    B, N = BATCH, slots
+    write = [torch.softmax(torch.randn(B, 1, N, generator=g), -1).requires_grad_()
+             for _ in range(LENGTH)]  # fmt: skip
+    reads = [torch.softmax(torch.randn(B, READS, N, generator=g), -1).requires_grad_()
+             for _ in range(LENGTH)]  # fmt: skip
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        link = torch.zeros(B, 1, N, N)
+        precedence = torch.zeros(B, 1, N)
+        loss = 0.0
+        for t in range(LENGTH):
+            link, forward, backward = link_kernels.link_step(link, precedence, write[t], reads[t])
+            precedence = (1 - write[t].sum(-1, keepdim=True)) * precedence + write[t]
+            loss = loss + forward.sum() + backward.sum()
+        (loss + link.sum()).backward()
+        elapsed = time.perf_counter() - start
         if i > 0:
             times.append(elapsed)
     return times
@@ -135,9 +170,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--dnc-dir", type=Path,
-                        default=Path.home() / ".cache" / "tiered-bench" / f"dnc-{DNC_VERSION}")  # fmt: skip
-    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    cache = Path.home() / ".cache" / "tiered-bench" / f"dnc-{DNC_VERSION}"
+    parser.add_argument("--dnc-dir", type=Path, default=cache)
+    parser.add_argument("--worker", choices=(*SIDES, LINKS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.slots[0], args.repeats, args.threads)))
@@ -153,7 +188,7 @@ def main() -> None:
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
         for slots in args.slots:
-            for side in sides:
+            for side in [*sides, LINKS]:
                 times.setdefault((side, slots), []).extend(run_side(side, slots, args))
                 median = statistics.median(times[(side, slots)])
                 print(f"{side:17s} slots={slots:5d} median {median:.4f} s", flush=True)
@@ -171,6 +206,8 @@ def main() -> None:
         traffic = 5 * BATCH * 1 * slots * slots * 4 * LENGTH  # bytes per batch
         row["link_traffic_bytes"] = traffic
         row["traffic_bound_s"] = traffic / bandwidth
+        row["links_alone_median_s"] = statistics.median(times[(LINKS, slots)])
+        row["links_alone_over_bound"] = row["links_alone_median_s"] / row["traffic_bound_s"]
         row["tiered_over_bound"] = row["tiered_median_s"] / row["traffic_bound_s"]
         rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +222,8 @@ def main() -> None:
 def write_markdown(args, sides, rows, bandwidth, note, machine) -> None:
     n = args.rounds * args.repeats
     head = "| slots | " + " | ".join(f"{s} s/batch" for s in sides)
-    head += " | dnc / tiered | link traffic bound s | tiered / bound |"
+    head += " | dnc / tiered | link traffic bound s | link step alone s | alone / bound"
+    head += " | tiered / bound |"
     lines = [
         "# Dense RAM: forward+backward time per batch, beside the `dnc` package",
         "",
@@ -197,16 +235,20 @@ def write_markdown(args, sides, rows, bandwidth, note, machine) -> None:
         "",
         "- dnc: the PyPI `dnc` 1.1.0 package, installed with `--no-deps` into its own folder."
         + (f" Not run: {note}" if note else ""),
-        "- tiered: this library as installed (fused link step, numba kernels).",
+        "- tiered: this library as installed (fused link step in C kernels compiled for this "
+        "machine at first use; hand-written backward for the memory write and content "
+        "addressing).",
         "- tiered-torch: the fused link step as torch operations (the path CUDA takes).",
         "- tiered-reference: the link update and reads as plain autograd (before issue 15).",
         f"- link traffic bound: 5 B H N^2 float32 per step (forward: read L_t-1, write L_t; "
         f"backward: read L_t-1 and dL_t, write dL_t-1) times {LENGTH} steps, divided by the "
         f"measured copy bandwidth {bandwidth / 1e9:.1f} GB/s (bytes read + written, "
         f"{args.threads} threads). It ignores everything but the link matrices.",
+        f"- link step alone: {LENGTH} chained `link_step` calls (C kernels) forward and "
+        "backward, nothing else of the model: the part of a batch the bound describes.",
         "",
         head,
-        "|" + "---:|" * (len(sides) + 4),
+        "|" + "---:|" * (len(sides) + 6),
     ]
     for r in rows:
         cells = [str(r["slots"])]
@@ -216,6 +258,8 @@ def write_markdown(args, sides, rows, bandwidth, note, machine) -> None:
             )
         cells.append(f"{r['speedup_vs_dnc']:.1f}x" if "speedup_vs_dnc" in r else "-")
         cells.append(f"{r['traffic_bound_s']:.4f}")
+        cells.append(f"{r['links_alone_median_s']:.4f}")
+        cells.append(f"{r['links_alone_over_bound']:.1f}x")
         cells.append(f"{r['tiered_over_bound']:.1f}x")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Machine:", "", machine, ""]
@@ -233,6 +277,7 @@ def plot(path: Path, sides: list[str], rows: list[dict]) -> None:
     slots = [r["slots"] for r in rows]
     for side in sides:
         ax.loglog(slots, [r[f"{side}_median_s"] for r in rows], "o-", label=side)
+    ax.loglog(slots, [r["links_alone_median_s"] for r in rows], "k:", label="link step alone")
     ax.loglog(slots, [r["traffic_bound_s"] for r in rows], "k--", label="link traffic bound")
     ax.set_xlabel("slots N")
     ax.set_ylabel("seconds per batch (fwd+bwd)")
