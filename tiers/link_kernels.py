@@ -197,8 +197,13 @@ def _backward_torch(link, precedence, write, reads, grad_link, grad_forward, gra
 # --------------------------------------------------------------------------- C kernels
 
 SOURCE = Path(__file__).with_name("kernels") / "links.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fassociative-math", "-fno-signed-zeros",
+# -fassociative-math (without the rest of -ffast-math: NaN and infinities keep their meaning)
+# lets the compiler vectorise the row sums. On x86, 256-bit vectors measured faster than
+# 512-bit ones (forward 3.9 against 4.5 ms per step at 1024 slots, on the 2-core EPYC).
+FLAGS = ("-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros",
          "-fno-trapping-math", "-fPIC", "-shared")  # fmt: skip
+X86_FLAGS = ("-mprefer-vector-width=256",)
+OPENMP = "-fopenmp"
 # Below this many link entries (P N^2) a kernel runs on one thread: waking others costs more.
 PARALLEL_ENTRIES = 1 << 18
 
@@ -208,10 +213,15 @@ def _cache_dir() -> Path:
     return Path(base) / "tiered" / "kernels"
 
 
+def _flags() -> tuple[str, ...]:
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+    return FLAGS + (X86_FLAGS if x86 else ())
+
+
 def _machine_key(compiler: str) -> str:
     """A hash of the source, the compiler and this CPU (the build uses -march=native)."""
     digest = hashlib.sha256(SOURCE.read_bytes())
-    digest.update(" ".join(FLAGS).encode())
+    digest.update(" ".join(_flags()).encode())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True)
     digest.update(version.stdout.encode())
     try:
@@ -228,6 +238,9 @@ def build_library(directory: Path | None = None) -> Path:
     """Compile ``kernels/links.c`` for this machine (once: the file is kept, named by a hash
     of the source, compiler and CPU) and return the shared library's path.
 
+    Built with OpenMP where the compiler has it (its loops then run on torch's threads), else
+    without (one thread; Apple's clang, for one, has no OpenMP by default).
+
     Raises:
         RuntimeError: no C compiler on PATH (``cc``, ``gcc`` or ``clang``), or it failed.
     """
@@ -240,8 +253,11 @@ def build_library(directory: Path | None = None) -> Path:
         return target
     directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f".{target.name}.{os.getpid()}.{threading.get_ident()}"
-    done = subprocess.run([compiler, *FLAGS, "-o", str(partial), str(SOURCE)],
-                          capture_output=True, text=True)  # fmt: skip
+    for extra in ((OPENMP,), ()):
+        done = subprocess.run([compiler, *_flags(), *extra, "-o", str(partial), str(SOURCE)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode == 0:
+            break
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"{compiler} failed on {SOURCE.name}: {done.stderr.strip()[-500:]}")
