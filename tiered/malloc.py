@@ -2,13 +2,14 @@
 
 glibc serves allocations above its mmap threshold (128 KiB to 32 MiB, adapting) with
 fresh ``mmap`` pages and returns them to the kernel on free, so every large temporary of a
-recurrent step (the dense RAM's N x N link matrices, for example) is zero-filled page by
-page again. Raising the mmap and trim thresholds makes freed blocks reusable; on the
-dense RAM benchmark at 1024 slots this halved the time per batch (see
-experiments/results/dense_ram_throughput.md). The cost: the process keeps its peak heap.
+recurrent step is zero-filled page by page again. Raising the mmap and trim thresholds
+makes freed blocks reusable. The cost: the process keeps its peak heap.
 
-The ``tiered`` command and the benchmark scripts call ``tune_malloc()``; library users
-can call it themselves, or set ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``.
+The dense RAM no longer depends on it: its link matrices, the largest such temporaries,
+come from a reuse pool (``tiered.tiers.link_kernels.LinkPool``; docs/tiers.md, "Speed of
+the dense RAM"). The ``tiered`` command still calls ``tune_malloc()`` for everything else;
+library users can call it themselves, or set ``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_``.
 """
 
 from __future__ import annotations
