@@ -43,7 +43,7 @@ demo: $(STAMP)
 
 # Wheels for a lent GPU machine (no network there; Python 3.12 with torch and Lightning, no
 # zarr): what `tiered` imports beyond them. Carry .whl/ with experiments/benchmarks/gpu_check.sh.
-GPU_WHEELS ?= zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
+GPU_WHEELS ?= zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 dnc==1.1.0
 gpu-wheels: $(BIN)/python
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

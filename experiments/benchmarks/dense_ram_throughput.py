@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -43,13 +44,13 @@ SIDES = ("dnc", "tiered", "tiered-torch", "tiered-reference")
 LINKS = "tiered-links"  # the link step alone, C kernels: what the traffic bound bounds
 
 
-def worker(side: str, slots: int, repeats: int, threads: int) -> list[float]:
+def worker(side: str, slots: int, repeats: int, threads: int, device: str) -> list[float]:
     """Seconds per forward+backward batch, ``repeats`` times after one warm-up batch."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x = torch.randn(BATCH, LENGTH, INPUTS)
+    x = torch.randn(BATCH, LENGTH, INPUTS, device=device)
     if side == LINKS:
         return links_alone(slots, repeats)
     if side == "dnc":
@@ -57,7 +58,7 @@ def worker(side: str, slots: int, repeats: int, threads: int) -> list[float]:
 
         model = DNC(input_size=INPUTS, hidden_size=HIDDEN, rnn_type="lstm", num_layers=1,
                     nr_cells=slots, cell_size=WIDTH, read_heads=READS, batch_first=True,
-                    gpu_id=-1)  # fmt: skip
+                    gpu_id=0 if device == "cuda" else -1)  # fmt: skip
 
         def loss_of() -> torch.Tensor:
             out, _ = model(x, (None, None, None), reset_experience=True)
@@ -68,17 +69,20 @@ def worker(side: str, slots: int, repeats: int, threads: int) -> list[float]:
 
         link_kernels.set_kernel({"tiered": "auto", "tiered-torch": "torch",
                                  "tiered-reference": "reference"}[side])  # fmt: skip
-        model = LSTMController(INPUTS, INPUTS, Register(HIDDEN),
-                               [RAM(slots, WIDTH, read_heads=READS, sparse=False)])  # fmt: skip
+        ram = RAM(slots, WIDTH, read_heads=READS, sparse=False)
+        model = LSTMController(INPUTS, INPUTS, Register(HIDDEN), [ram]).to(device)
 
         def loss_of() -> torch.Tensor:
             out = model(x)
             return out.output.pow(2).mean() + sum(a.penalty.mean() for a in out.aux.values())
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = []
     for i in range(repeats + 1):
+        sync()
         start = time.perf_counter()
         loss_of().backward()
+        sync()
         elapsed = time.perf_counter() - start
         model.zero_grad(set_to_none=True)
         if i > 0:
@@ -135,12 +139,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def install_dnc(folder: Path) -> str | None:
-    """Install `dnc` into ``folder`` without dependencies; None when done, else why not."""
+def install_dnc(folder: Path, find_links: Path | None = None) -> str | None:
+    """Install `dnc` into ``folder`` without dependencies (from ``find_links`` only, when
+    given: a machine without network); None when done, else why not."""
     if (folder / "dnc" / "__init__.py").exists():
         return None
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                str(folder), f"dnc=={DNC_VERSION}"]  # fmt: skip
+    if find_links is not None:
+        command += ["--no-index", "--find-links", str(find_links)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return f"pip could not install dnc=={DNC_VERSION}: {done.stderr.strip()[-300:]}"
@@ -155,7 +162,8 @@ def run_side(side: str, slots: int, args: argparse.Namespace) -> list[float]:
             [str(args.dnc_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
     command = [sys.executable, __file__, "--worker", side, "--slots", str(slots),
-               "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+               "--repeats", str(args.repeats), "--threads", str(args.threads),
+               "--device", args.device]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{side} at {slots} slots failed:\n{done.stderr[-2000:]}")
@@ -172,27 +180,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     cache = Path.home() / ".cache" / "tiered-bench" / f"dnc-{DNC_VERSION}"
     parser.add_argument("--dnc-dir", type=Path, default=cache)
+    parser.add_argument("--find-links", type=Path, help="a folder with the dnc wheel (offline)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: writes dense_ram_throughput_cuda.md only")  # fmt: skip
     parser.add_argument("--worker", choices=(*SIDES, LINKS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.slots[0], args.repeats, args.threads)))
+        times = worker(args.worker, args.slots[0], args.repeats, args.threads, args.device)
+        print(json.dumps(times))
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import machine_markdown
 
     sides = list(args.sides)
-    note = install_dnc(args.dnc_dir) if "dnc" in sides else None
+    note = install_dnc(args.dnc_dir, args.find_links) if "dnc" in sides else None
+    links = [LINKS] if args.device == "cpu" else []  # the C kernels are for CPUs
     if note:
         sides.remove("dnc")
         print(note, flush=True)
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
         for slots in args.slots:
-            for side in [*sides, LINKS]:
+            for side in [*sides, *links]:
                 times.setdefault((side, slots), []).extend(run_side(side, slots, args))
                 median = statistics.median(times[(side, slots)])
                 print(f"{side:17s} slots={slots:5d} median {median:.4f} s", flush=True)
-    bandwidth = copy_bandwidth(args.threads)
+    bandwidth = copy_bandwidth(args.threads) if args.device == "cpu" else float("nan")
     rows = []
     for slots in args.slots:
         row: dict[str, float | int | str] = {"slots": slots}
@@ -206,11 +219,14 @@ def main() -> None:
         traffic = 5 * BATCH * 1 * slots * slots * 4 * LENGTH  # bytes per batch
         row["link_traffic_bytes"] = traffic
         row["traffic_bound_s"] = traffic / bandwidth
-        row["links_alone_median_s"] = statistics.median(times[(LINKS, slots)])
+        row["links_alone_median_s"] = statistics.median(times.get((LINKS, slots), [math.nan]))
         row["links_alone_over_bound"] = row["links_alone_median_s"] / row["traffic_bound_s"]
         row["tiered_over_bound"] = row["tiered_median_s"] / row["traffic_bound_s"]
         rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.device == "cuda":
+        write_markdown(args, sides, rows, bandwidth, note, machine_markdown())
+        return
     with open(args.out / "dense_ram_throughput.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -228,7 +244,8 @@ def write_markdown(args, sides, rows, bandwidth, note, machine) -> None:
         "# Dense RAM: forward+backward time per batch, beside the `dnc` package",
         "",
         f"Register (LSTM {HIDDEN}) + dense RAM, width {WIDTH}, {READS} read heads, 1 write "
-        f"head; batch {BATCH}, length {LENGTH}, float32, {args.threads} torch threads, CPU. "
+        f"head; batch {BATCH}, length {LENGTH}, float32, {args.threads} torch threads, "
+        f"{args.device.upper()}. "
         f"Median (min-max) of {n} batches: {args.repeats} timed after a warm-up batch in "
         f"each of {args.rounds} fresh processes per configuration, configurations alternating. "
         "Plain library use: no allocator tuning, no environment variable.",
@@ -263,7 +280,8 @@ def write_markdown(args, sides, rows, bandwidth, note, machine) -> None:
         cells.append(f"{r['tiered_over_bound']:.1f}x")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Machine:", "", machine, ""]
-    (args.out / "dense_ram_throughput.md").write_text("\n".join(lines))
+    name = "dense_ram_throughput" + ("_cuda" if args.device == "cuda" else "")
+    (args.out / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
