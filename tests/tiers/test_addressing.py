@@ -199,3 +199,60 @@ def test_gradcheck_usage_and_allocation_away_from_ties():
     prev_read = torch.rand(1, 3, 5, dtype=torch.float64).softmax(-1).requires_grad_()
     free = torch.rand(1, 3, dtype=torch.float64, requires_grad=True)
     assert gradcheck(addressing.update_usage, (usage, prev_write, prev_read, free))
+
+
+# The hand-written backward passes against their autograd references.
+
+
+def _grads(fn, inputs, grads):
+    out = fn(*inputs)
+    out = out if isinstance(out, tuple) else (out,)
+    both = {"allow_unused": True, "materialize_grads": True}
+    return out, torch.autograd.grad(out, inputs, grads[: len(out)], **both)
+
+
+def test_overwrite_equals_its_reference_in_values_and_gradients():
+    g = torch.Generator().manual_seed(7)
+    for heads in (1, 2, 3):
+        memory = torch.randn(3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        weights = (torch.rand(3, heads, 7, generator=g, dtype=torch.float64) / 7).requires_grad_()
+        erase = torch.rand(3, heads, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        add = torch.randn(3, heads, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        inputs = (memory, weights, erase, add)
+        grads = [torch.randn(3, 7, 5, generator=g, dtype=torch.float64) for _ in range(2)]
+        got, got_grads = _grads(addressing.overwrite, inputs, grads)
+        ref, ref_grads = _grads(addressing.overwrite_reference, inputs, grads)
+        for a, b in zip(got + got_grads, ref + ref_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+        assert gradcheck(addressing.overwrite, inputs)
+        # Only one of the two outputs used (the other's gradient is None in backward).
+        both = {"allow_unused": True, "materialize_grads": True}
+        for pick in (0, 1):
+            got_one = torch.autograd.grad(addressing.overwrite(*inputs)[pick].sum(), inputs, **both)
+            ref = addressing.overwrite_reference(*inputs)[pick].sum()
+            ref_one = torch.autograd.grad(ref, inputs, **both)
+            for a, b in zip(got_one, ref_one, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+def test_content_weights_equal_their_reference_in_values_and_gradients():
+    g = torch.Generator().manual_seed(8)
+    memory = torch.randn(3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(3, 2, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    strengths = (1 + 3 * torch.rand(3, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    inputs = (memory, keys, strengths)
+    grads = [torch.randn(3, 2, 7, generator=g, dtype=torch.float64)]
+    got, got_grads = _grads(addressing.content_weights, inputs, grads)
+    ref, ref_grads = _grads(addressing.content_weights_reference, inputs, grads)
+    for a, b in zip(got + got_grads, ref + ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    assert gradcheck(addressing.content_weights, inputs)
+    # A zero memory and zero keys: uniform weights and finite gradients, as the reference.
+    zeros = (torch.zeros_like(memory).requires_grad_(), torch.zeros_like(keys).requires_grad_(),
+             strengths)  # fmt: skip
+    got, got_grads = _grads(addressing.content_weights, zeros, grads)
+    ref, ref_grads = _grads(addressing.content_weights_reference, zeros, grads)
+    torch.testing.assert_close(got[0], torch.full_like(got[0], 1 / 7))
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
