@@ -256,7 +256,8 @@ def write_markdown(args, sides, rows, bandwidth, note, machine) -> None:
         "machine at first use; hand-written backward for the memory write and content "
         "addressing).",
         "- tiered-torch: the fused link step as torch operations (the path CUDA takes).",
-        "- tiered-reference: the link update and reads as plain autograd (before issue 15).",
+        "- tiered-reference: the link update and reads as plain autograd (the code the fused "
+        "step replaced; the rest of the step as in tiered).",
         f"- link traffic bound: 5 B H N^2 float32 per step (forward: read L_t-1, write L_t; "
         f"backward: read L_t-1 and dL_t, write dL_t-1) times {LENGTH} steps, divided by the "
         f"measured copy bandwidth {bandwidth / 1e9:.1f} GB/s (bytes read + written, "
