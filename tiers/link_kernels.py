@@ -30,6 +30,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from collections import deque
@@ -247,8 +248,14 @@ def build_library(directory: Path | None = None) -> Path:
     compiler = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
     if compiler is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    directory = directory or _cache_dir()
-    target = directory / f"links-{_machine_key(compiler)}.so"
+    key = _machine_key(compiler)
+    if directory is None:
+        directory = _cache_dir()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: this user's folder in the temporary directory
+            directory = Path(tempfile.gettempdir()) / f"tiered-kernels-{os.getuid()}"
+    target = directory / f"links-{key}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)

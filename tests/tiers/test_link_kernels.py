@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 
 import pytest
@@ -57,6 +58,17 @@ def test_the_library_is_built_once_per_machine_and_named_by_its_inputs(tmp_path)
     assert link_kernels.build_library(tmp_path) == first
     assert first.stat().st_mtime_ns == stamp  # not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial file left
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+def test_a_read_only_cache_folder_builds_in_the_temporary_directory(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache folder's parent should be
+    monkeypatch.setattr(link_kernels, "_cache_dir", lambda: blocked / "kernels")
+    monkeypatch.setattr(link_kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    path = link_kernels.build_library()
+    assert path.parent == tmp_path / "tmp" / f"tiered-kernels-{os.getuid()}"
+    assert path.exists()
 
 
 def test_a_failed_build_warns_once_and_falls_back_to_torch(monkeypatch, tmp_path):
