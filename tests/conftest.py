@@ -11,6 +11,21 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cache(tmp_path_factory):
+    """The dense RAM's C kernels are built from this checkout's source into a fresh folder,
+    once per test session: no test uses a library left in ~/.cache by an earlier version."""
+    from tiered.tiers import link_kernels
+
+    folder = tmp_path_factory.mktemp("kernel-cache")
+    original = link_kernels._cache_dir
+    link_kernels._cache_dir = lambda: folder
+    link_kernels._library.cache_clear()
+    yield
+    link_kernels._cache_dir = original
+    link_kernels._library.cache_clear()
+
+
 def random_simplex(*shape: int, total: float = 0.9, dtype: torch.dtype = torch.float64):
     """Random non-negative weights over the last axis summing to ``total`` (< 1)."""
     weights = torch.rand(*shape, dtype=dtype) + 0.05

@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import warnings
@@ -72,64 +71,81 @@ def resolved_kernel(device: torch.device, dtype: torch.dtype = torch.float32) ->
 
 
 class LinkPool:
-    """Large buffers kept for reuse: a tensor goes back to the pool once nothing but the
-    pool refers to it (no Python reference, no autograd graph, no view of it).
+    """Large buffers kept for reuse: a buffer is lent again once nothing but the pool
+    refers to its memory (no tensor a user holds, no autograd graph, no view of it).
 
     glibc returns blocks above its mmap threshold (at most 32 MiB) to the kernel on free,
     so a fresh B x H x N x N tensor per step is zero-filled page by page again: at 1024
-    slots that cost more than the step's arithmetic. ``take`` checks the longest-lent
-    buffers first (at most ``SCAN`` of them, so a first long sequence, with nothing free
-    yet, does not pay a quadratic scan); a free buffer of another shape is dropped. The
-    pool holds what one batch needs at its peak (the links of every step, saved for
-    backward) until ``clear()``.
+    slots that cost more than the step's arithmetic. The pool keeps one base tensor per
+    buffer and lends a separate tensor over the base's storage, so "in use" is read from
+    the storage's reference count alone: every tensor, view or saved tensor over the memory
+    counts, and Python's own reference counts (which newer CPythons do not keep for every
+    local name) do not matter.
+
+    ``take`` checks the longest-lent buffers first. When it checked every buffer and none
+    was free (a first long sequence, with nothing released yet), it checks at most ``SCAN``
+    for the next eighth of its size in takes, so such a sequence does not pay a quadratic
+    scan. A free buffer of another shape is dropped. The pool holds what a batch needs at
+    its peak (the link matrices every step saves for backward, and two or three more) until
+    ``clear()``.
     """
 
     SCAN = 64
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._lent: deque[Tensor] = deque()
+        self._bases: deque[Tensor] = deque()
+        self._short = 0  # takes left that check at most SCAN buffers
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """An uninitialised tensor of this shape, reused when one is free."""
+        """An uninitialised tensor of this shape, over reused memory when some is free."""
         if device.type != "cpu":
             return torch.empty(shape, dtype=dtype, device=device)
         shape = tuple(shape)
         with self._lock:
-            for _ in range(min(len(self._lent), self.SCAN)):
-                buffer = self._lent.popleft()
-                if not _unreferenced(buffer):
-                    self._lent.append(buffer)  # still in use: check it last next time
-                elif buffer.shape == shape and buffer.dtype == dtype:
-                    self._lent.append(buffer)
-                    return buffer
+            count = len(self._bases)
+            limit = min(count, self.SCAN) if self._short else count
+            self._short = max(0, self._short - 1)
+            for _ in range(limit):
+                base = self._bases.popleft()
+                free = _unreferenced(base)
+                if free and base.shape == shape and base.dtype == dtype:
+                    self._bases.append(base)
+                    return _alias(base)
+                if not free:
+                    self._bases.append(base)  # in use: checked last next time
                 # else: free, of another shape: dropped
-            buffer = torch.empty(shape, dtype=dtype, device=device)
-            self._lent.append(buffer)
-            return buffer
+            if limit == count > self.SCAN:
+                self._short = count // 8
+            base = torch.empty(shape, dtype=dtype, device=device)
+            self._bases.append(base)
+            return _alias(base)
 
     def held_bytes(self) -> int:
         """Bytes of the buffers the pool holds, free or in use."""
         with self._lock:
-            return sum(t.numel() * t.element_size() for t in self._lent)
+            return sum(t.numel() * t.element_size() for t in self._bases)
 
     def clear(self) -> None:
         """Forget every buffer (those in use stay valid for whoever holds them)."""
         with self._lock:
-            self._lent.clear()
+            self._bases.clear()
+            self._short = 0
 
 
-def _unreferenced(buffer: Tensor) -> bool:
-    """True when only the caller's own names refer to ``buffer``: no other Python name, no
-    C++ holder (a saved tensor in an autograd graph), no view sharing its storage."""
-    # getrefcount sees: the caller's local name and getrefcount's argument.
-    if sys.getrefcount(buffer) > 3:
-        return False
-    use_count = getattr(buffer, "_use_count", None)
+def _alias(base: Tensor) -> Tensor:
+    """A new tensor over ``base``'s storage (not a view: its own version counter)."""
+    out = torch.empty(0, dtype=base.dtype, device=base.device)
+    return out.set_(base.untyped_storage(), 0, base.shape, base.stride())
+
+
+def _unreferenced(base: Tensor) -> bool:
+    """True when nothing but ``base`` refers to its storage (the count also sees the
+    temporary storage object this check makes)."""
     storage_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None or storage_count is None:
+    if storage_count is None:
         return False  # cannot tell: never reuse
-    return use_count() == 1 and storage_count(buffer.untyped_storage()._cdata) <= 2
+    return storage_count(base.untyped_storage()._cdata) <= 2
 
 
 POOL = LinkPool()
@@ -287,13 +303,37 @@ def _library() -> ctypes.CDLL | None:
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     for suffix in ("f32", "f64"):
-        getattr(library, f"link_forward_{suffix}").argtypes = (
-            [pointer] * 4 + [size] * 5 + [pointer] * 3
-        )
-        getattr(library, f"link_backward_{suffix}").argtypes = (
-            [pointer] * 4 + [size] * 5 + [pointer] * 7
-        )
+        forward = getattr(library, f"link_forward_{suffix}")
+        forward.argtypes = [pointer] * 4 + [size] * 5 + [pointer] * 3
+        forward.restype = None
+        backward = getattr(library, f"link_backward_{suffix}")
+        backward.argtypes = [pointer] * 4 + [size] * 5 + [pointer] * 7
+        backward.restype = size
+    library.links_openmp.argtypes = []
+    library.links_openmp.restype = size
     return library
+
+
+def built_with_openmp() -> bool:
+    """Whether the C kernels were built with OpenMP (False also when they were not built)."""
+    library = _library()
+    return library is not None and bool(library.links_openmp())
+
+
+def _fits_c(link: Tensor, precedence: Tensor, write: Tensor, reads: Tensor) -> bool:
+    """The C kernels take one float dtype and the exact documented shapes; anything else
+    (mixed dtypes, broadcast shapes) goes to the torch path, which promotes and broadcasts."""
+    if link.dim() != 4 or precedence.dim() != 3 or write.dim() != 3 or reads.dim() != 3:
+        return False
+    B, H, N, _ = link.shape
+    return (
+        link.dtype == precedence.dtype == write.dtype == reads.dtype
+        and all(t.device.type == "cpu" for t in (link, precedence, write, reads))
+        and link.shape == (B, H, N, N)
+        and precedence.shape == write.shape == (B, H, N)
+        and reads.shape[0] == B
+        and reads.shape[2] == N
+    )
 
 
 def _suffix(dtype: torch.dtype) -> str | None:
@@ -333,8 +373,10 @@ def _backward_c(link, precedence, write, reads, grad_link, grad_forward, grad_ba
     gf = grad_forward.transpose(1, 2).contiguous()  # (B, H, R, N)
     gb = grad_backward.transpose(1, 2).contiguous()
     kernel = getattr(_library(), f"link_backward_{_suffix(dtype)}")
-    kernel(*map(_pointer, inputs), P, H, N, R, P * N * N >= PARALLEL_ENTRIES,
-           *map(_pointer, (grad, gf, gb, grad_prev, gw, gp, gx)))  # fmt: skip
+    failed = kernel(*map(_pointer, inputs), P, H, N, R, P * N * N >= PARALLEL_ENTRIES,
+                    *map(_pointer, (grad, gf, gb, grad_prev, gw, gp, gx)))  # fmt: skip
+    if failed:
+        raise MemoryError(f"link step backward: no memory for {4 * N} scratch numbers")
     return grad_prev, gp, gw, gx.sum(dim=1)
 
 
@@ -353,6 +395,8 @@ class _LinkStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, link, precedence, write, reads):  # type: ignore[override]
         kernel = resolved_kernel(link.device, link.dtype)
+        if kernel == "c" and not _fits_c(link, precedence, write, reads):
+            kernel = "torch"
         ctx.kernel = kernel
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(link, precedence, write, reads)
@@ -406,4 +450,16 @@ def link_step(
             linkage.directional_read_weights(new, read_weights, forward=True),
             linkage.directional_read_weights(new, read_weights, forward=False),
         )
+    # One dtype and the exact shapes for the fused step (autograd sees the promotion and the
+    # broadcast, as in the reference).
+    dtype = functools.reduce(
+        torch.promote_types, (t.dtype for t in (precedence, write_weights, read_weights)),
+        link.dtype,
+    )  # fmt: skip
+    link, precedence, write_weights, read_weights = (
+        t.to(dtype) for t in (link, precedence, write_weights, read_weights)
+    )
+    B, H, N = link.shape[0], link.shape[1], link.shape[-1]
+    precedence = precedence.expand(B, H, N)
+    write_weights = write_weights.expand(B, H, N)
     return _LinkStep.apply(link, precedence, write_weights, read_weights)

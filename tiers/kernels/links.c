@@ -26,6 +26,15 @@
 #include <immintrin.h>
 #endif
 
+/* 1 when built with OpenMP (the kernels then share torch's threads), else 0. */
+int64_t links_openmp(void) {
+#if defined(_OPENMP)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 #define T float
 #define NAME(name) name##_f32
 #if defined(__AVX__)
@@ -126,7 +135,7 @@ void NAME(link_forward)(const T *restrict link, const T *restrict precedence,
         const T *p = precedence + q * N, *w = write + q * N;
         const T *x = reads + (q / H) * R * N;
         T *f = fwd + q * R * N, *bk = bwd + q * R * N;
-        memset(bk, 0, sizeof(T) * R * N);
+        if (R) memset(bk, 0, sizeof(T) * R * N);
         int64_t i = 0;
         for (; i + 1 < N; i += 2) {
             NAME(new_row)(L + i * N, O + i * N, w, p, N, i);
@@ -262,18 +271,21 @@ static inline void NAME(finish_row)(T *restrict t, const T *restrict Li,
     }
 }
 
-void NAME(link_backward)(const T *restrict link, const T *restrict precedence,
+int64_t NAME(link_backward)(const T *restrict link, const T *restrict precedence,
                          const T *restrict write, const T *restrict reads, int64_t P,
                          int64_t H, int64_t N, int64_t R, int64_t parallel,
                          const T *restrict grad, const T *restrict gf, const T *restrict gb,
                          T *restrict grad_prev, T *restrict gw, T *restrict gp,
                          T *restrict gx) {
-#pragma omp parallel if (parallel)
+    int64_t failed = 0;
+#pragma omp parallel if (parallel) reduction(| : failed)
     {
         /* Per thread: two rows of L_t and of Gt. */
         T *scratch = (T *)malloc(sizeof(T) * 4 * (size_t)N);
+        if (!scratch) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < P; q++) {
+            if (!scratch) continue;
             T *n0 = scratch, *n1 = scratch + N, *t0 = scratch + 2 * N, *t1 = scratch + 3 * N;
             const T *L = link + q * N * N;
             const T *G = grad ? grad + q * N * N : 0;
@@ -284,7 +296,7 @@ void NAME(link_backward)(const T *restrict link, const T *restrict precedence,
             T *gwq = gw + q * N, *gpq = gp + q * N, *gxq = gx + q * R * N;
             memset(gwq, 0, sizeof(T) * N);
             memset(gpq, 0, sizeof(T) * N);
-            memset(gxq, 0, sizeof(T) * R * N);
+            if (R) memset(gxq, 0, sizeof(T) * R * N);
             int64_t i = 0;
             for (; i + 1 < N; i += 2) {
                 NAME(new_row)(L + i * N, n0, w, p, N, i);
@@ -331,6 +343,7 @@ void NAME(link_backward)(const T *restrict link, const T *restrict precedence,
         NAME(fence)();
         free(scratch);
     }
+    return failed; /* 1: out of memory for the scratch rows */
 }
 
 #endif /* LINKS_BODY */
