@@ -105,6 +105,32 @@ class _ContentWeights(torch.autograd.Function):
         return grad_memory, grad_keys, grad_strengths
 
 
+def masked_content_weights(
+    memory: Tensor, keys: Tensor, masks: Tensor, strengths: Tensor
+) -> Tensor:
+    """Masked content addressing: softmax_i(beta * D(k * m, M[i] * m)) (Csordás &
+    Schmidhuber 2019), each head with its own mask m in [0, 1]^W.
+
+    (k m) . (M[i] m) = (k m^2) . M[i] and |M[i] m|^2 = (M[i]^2) . m^2, so no masked copy of
+    the memory is made. Norms as in ``cosine_similarity`` (``safe_norm``).
+
+    Args:
+        memory: (B, N, W).
+        keys: (B, h, W).
+        masks: (B, h, W) in [0, 1].
+        strengths: (B, h), beta >= 1.
+
+    Returns:
+        (B, h, N), each row a probability distribution over slots.
+    """
+    squared = masks * masks
+    dot = torch.bmm(keys * squared, memory.transpose(1, 2))  # (B, h, N)
+    row_norms = torch.sqrt(torch.bmm(squared, (memory * memory).transpose(1, 2)) + EPSILON)
+    key_norms = safe_norm(keys * masks).unsqueeze(-1)  # (B, h, 1)
+    similarity = dot / (key_norms * row_norms + EPSILON)
+    return torch.softmax(strengths.unsqueeze(-1) * similarity, dim=-1)
+
+
 def erase_and_write(
     memory: Tensor, write_weights: Tensor, erase: Tensor, add: Tensor
 ) -> tuple[Tensor, Tensor]:

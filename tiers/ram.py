@@ -10,6 +10,7 @@ Named dimensions: B batch, N slots, W width, R read heads, H write heads.
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
 from tiered.hierarchy import check_tier_name, hierarchy_repr
@@ -21,7 +22,13 @@ from tiered.knn import (
     set_faiss_threads,
 )
 from tiered.tier import Spill, Tier, TierOutput, Traffic, head_slices, tier_stats, write_ticks
-from tiered.tiers.ram_dense import RAMState, dense_step, ram_interface_size
+from tiered.tiers.ram_dense import (
+    DenseOptions,
+    RAMState,
+    dense_step,
+    ram_interface_size,
+    ram_write_features,
+)
 from tiered.tiers.ram_sparse import (
     SparseRAMState,
     SparseTape,
@@ -59,7 +66,9 @@ class RAM(Tier):
             sparse mode takes 1).
         k: rows each read head retrieves in sparse mode (K in the SAM paper).
         links: sparse mode's temporal links kept per slot in each direction (K_L in the
-            sparse DNC); 0 turns the links off (SAM).
+            sparse DNC); 0 turns the links off (SAM). Dense mode: 0 turns the temporal links
+            and read modes off (a content-only memory, Franke et al. 2018: no N x N state);
+            any other value keeps the full link matrices.
         sparse: True, False, or "auto" (sparse above SPARSE_AUTO_SLOTS = 1024 slots).
         index: kNN backend in sparse mode: "exact", "faiss" or "auto" (exact on GPUs and
             below 65536 slots, FAISS otherwise when installed; docs/ram.md has the
@@ -122,6 +131,10 @@ class RAM(Tier):
         spill_to: str | None = None,
         spill_projection: bool = False,
         clock_rule: str = "last",
+        content_mask: bool = False,
+        deallocate: bool = False,
+        link_sharpness: bool = False,
+        interface_norm: bool = False,
     ) -> None:
         super().__init__(
             rewrite_penalty=rewrite_penalty, period=period, name=name, clock_rule=clock_rule
@@ -150,12 +163,36 @@ class RAM(Tier):
                 f"RAM: sparse mode has one write head, got write_heads={write_heads}; "
                 f"use write_heads=1 or sparse=False"
             )
+        fixes = {
+            "content_mask": check_bool("RAM", "content_mask", content_mask),
+            "deallocate": check_bool("RAM", "deallocate", deallocate),
+            "link_sharpness": check_bool("RAM", "link_sharpness", link_sharpness),
+        }
+        if self.sparse and any(fixes.values()):
+            on = ", ".join(f"{name}=True" for name, value in fixes.items() if value)
+            raise ValueError(
+                f"RAM: {on} is a dense-mode option, but this RAM is sparse "
+                f"(slots={self.slots}, sparse={sparse!r}); use sparse=False or drop it"
+            )
+        if fixes["link_sharpness"] and self.links == 0:
+            raise ValueError(
+                "RAM: link_sharpness=True sharpens the temporal links, but links=0 turns them "
+                "off; use links > 0 or link_sharpness=False"
+            )
+        self.options = DenseOptions(
+            links=self.links > 0,
+            content_mask=fixes["content_mask"],
+            deallocate=fixes["deallocate"],
+            sharpness=fixes["link_sharpness"],
+        )
+        self.interface_norm = check_bool("RAM", "interface_norm", interface_norm)
+        self.norm = nn.LayerNorm(self.interface_size) if self.interface_norm else None
 
     @property
     def interface_size(self) -> int:
         if self.sparse:
             return sparse_interface_size(self.width, self.read_heads, self.links > 0)
-        return ram_interface_size(self.width, self.read_heads, self.write_heads)
+        return ram_interface_size(self.width, self.read_heads, self.write_heads, self.options)
 
     @property
     def query_slices(self) -> list[slice]:
@@ -177,12 +214,13 @@ class RAM(Tier):
             return self._sparse_initial_state(B, device, dtype)
         N, W, R, H = self.slots, self.width, self.read_heads, self.write_heads
         zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
+        L = N if self.options.links else 0  # no link state in a content-only memory
         return RAMState(
             memory=zeros(B, N, W),
             read_weights=zeros(B, R, N),
             write_weights=zeros(B, H, N),
-            precedence=zeros(B, H, N),
-            link=zeros(B, H, N, N),
+            precedence=zeros(B, H, L),
+            link=zeros(B, H, L, L),
             usage=zeros(B, N),
             clock=torch.zeros(B, device=device, dtype=torch.long),
         )
@@ -277,7 +315,8 @@ class RAM(Tier):
         if self.sparse:
             start = R * (W + 1)
             return [slice(start, start + 2 * W + 2)]
-        return [slice(R * (W + 3 + 2 * H), self.interface_size)]
+        size = self.interface_size
+        return [slice(size - ram_write_features(W, R, H, self.options), size)]
 
     def forward(
         self,
@@ -311,6 +350,8 @@ class RAM(Tier):
         spills, then read; returns the ``TierOutput`` and the ``Traffic`` (this step's
         spill with ``spill_to``, each read head's largest weight)."""
         self.check_interface(interface, state.clock)
+        if self.norm is not None:
+            interface = self.norm(interface)
         tick = write_ticks(state.clock, self.period)  # (B,)
         spill = self.spill_to is not None
         if self.sparse:
@@ -324,6 +365,7 @@ class RAM(Tier):
             words, next_state, erased, mass, in_use, spilled = dense_step(
                 interface, state, width=self.width, read_heads=self.read_heads,
                 write_heads=self.write_heads, tick=tick, incoming=incoming, spill=spill,
+                options=self.options,
             )  # type: ignore[arg-type]  # fmt: skip
             recall = None
         # read weights: (B, R, N) dense, (B, R, K) sparse, so O(R K) per step there
@@ -337,11 +379,22 @@ class RAM(Tier):
         return TierOutput(words, next_state, stats), Traffic(spill=spilled, peak=peak)
 
     def extra_repr(self) -> str:
+        fixes = [
+            name
+            for name, on in (
+                ("content_mask", self.options.content_mask),
+                ("deallocate", self.options.deallocate),
+                ("link_sharpness", self.options.sharpness),
+                ("interface_norm", self.interface_norm),
+            )
+            if on
+        ]
         mode = (
             f"sparse=True, k={self.k}, links={self.links}, index={self.index!r}"
             if self.sparse
-            else "sparse=False"
+            else "sparse=False" + ("" if self.options.links else ", links=0")
         )
+        mode += "".join(f", {name}=True" for name in fixes)
         return (
             f"slots={self.slots}, width={self.width}, read_heads={self.read_heads}, "
             f"write_heads={self.write_heads}, {mode}, "

@@ -64,44 +64,141 @@ class RAMInterface(NamedTuple):
     read_keys: Tensor
     read_strengths: Tensor
     free_gates: Tensor
-    read_modes: Tensor
+    read_modes: Tensor | None
     write_keys: Tensor
     write_strengths: Tensor
     erase: Tensor
     write_vectors: Tensor
     allocation_gates: Tensor
     write_gates: Tensor
+    read_masks: Tensor | None = None
+    write_masks: Tensor | None = None
+    sharpness: Tensor | None = None
 
 
-def ram_interface_size(width: int, read_heads: int, write_heads: int) -> int:
-    """R (W + 3 + 2H) + H (3W + 3) features: see ``parse_ram_interface``."""
-    return read_heads * (width + 3 + 2 * write_heads) + write_heads * (3 * width + 3)
+class DenseOptions(NamedTuple):
+    """The DNC's known fixes, each off in the classic DNC (``DenseOptions()``).
+
+    Attributes:
+        links: keep the temporal link matrices and the read modes; False is a content-only
+            memory (Franke et al. 2018): reads are content reads, no N x N state.
+        content_mask: each head emits a mask m in [0, 1]^W and content addressing compares
+            k * m with M[i] * m (Csordás & Schmidhuber 2019, masked content addressing).
+        deallocate: freed slots lose their content: before the write, M <- M * psi, the
+            retention of the free gates (Csordás & Schmidhuber 2019, de-allocation).
+        sharpness: forward and backward link weights are sharpened, d_i^s / sum_j d_j^s,
+            with s = oneplus(.) >= 1 per read head and direction (Csordás & Schmidhuber
+            2019, link distribution sharpness control). Needs ``links``.
+    """
+
+    links: bool = True
+    content_mask: bool = False
+    deallocate: bool = False
+    sharpness: bool = False
+
+
+CLASSIC = DenseOptions()  # the DNC as published: links, no fixes
+
+
+def _layout(width: int, read_heads: int, write_heads: int, options: DenseOptions):
+    """(name, size) of each interface part, in order; read parts first, write parts last."""
+    W, R, H = width, read_heads, write_heads
+    read = [("read_keys", R * W), ("read_strengths", R), ("free_gates", R)]
+    if options.links:
+        read.append(("read_modes", R * (1 + 2 * H)))
+    if options.content_mask:
+        read.append(("read_masks", R * W))
+    if options.sharpness and options.links:
+        read.append(("sharpness", 2 * R))
+    write = [("write_keys", H * W), ("write_strengths", H), ("erase", H * W),
+             ("write_vectors", H * W), ("allocation_gates", H), ("write_gates", H)]  # fmt: skip
+    if options.content_mask:
+        write.append(("write_masks", H * W))
+    return read, write
+
+
+def ram_interface_size(
+    width: int, read_heads: int, write_heads: int, options: DenseOptions = CLASSIC
+) -> int:
+    """R (W + 3 + 2H) + H (3W + 3) features in the classic DNC; see ``parse_ram_interface``
+    for what each option adds or removes."""
+    read, write = _layout(width, read_heads, write_heads, options)
+    return sum(size for _, size in read + write)
+
+
+def ram_write_features(
+    width: int, read_heads: int, write_heads: int, options: DenseOptions = CLASSIC
+) -> int:
+    """How many interface features, at the end, only writes use."""
+    return sum(size for _, size in _layout(width, read_heads, write_heads, options)[1])
 
 
 def parse_ram_interface(
-    interface: Tensor, width: int, read_heads: int, write_heads: int
+    interface: Tensor,
+    width: int,
+    read_heads: int,
+    write_heads: int,
+    options: DenseOptions = CLASSIC,
 ) -> RAMInterface:
     """Split (B, ram_interface_size) into the named, squashed parts of ``RAMInterface``.
 
-    Layout: R read keys (W each), R read strengths, R free gates, R x (1 + 2H) read modes,
-    H write keys (W each), H write strengths, H erase vectors (W each), H write vectors
-    (W each), H allocation gates, H write gates.
+    Layout: R read keys (W each), R read strengths, R free gates, R x (1 + 2H) read modes
+    (not without ``links``), R read masks (W each, with ``content_mask``), 2R sharpness
+    exponents (with ``sharpness``), H write keys (W each), H write strengths, H erase
+    vectors (W each), H write vectors (W each), H allocation gates, H write gates, H write
+    masks (W each, with ``content_mask``).
     """
     B, W, R, H = interface.shape[0], width, read_heads, write_heads
-    sizes = [R * W, R, R, R * (1 + 2 * H), H * W, H, H * W, H * W, H, H]
-    parts = torch.split(interface, sizes, dim=-1)
+    read, write = _layout(W, R, H, options)
+    names = [name for name, _ in read + write]
+    parts = dict(zip(names, torch.split(interface, [size for _, size in read + write], -1),
+                     strict=True))  # fmt: skip
+    masks = {
+        key: torch.sigmoid(parts[key].reshape(B, -1, W))
+        for key in ("read_masks", "write_masks")
+        if key in parts
+    }
     return RAMInterface(
-        read_keys=parts[0].reshape(B, R, W),
-        read_strengths=addressing.oneplus(parts[1]),
-        free_gates=torch.sigmoid(parts[2]),
-        read_modes=torch.softmax(parts[3].reshape(B, R, 1 + 2 * H), dim=-1),
-        write_keys=parts[4].reshape(B, H, W),
-        write_strengths=addressing.oneplus(parts[5]),
-        erase=torch.sigmoid(parts[6].reshape(B, H, W)),
-        write_vectors=parts[7].reshape(B, H, W),
-        allocation_gates=torch.sigmoid(parts[8]),
-        write_gates=torch.sigmoid(parts[9]),
+        read_keys=parts["read_keys"].reshape(B, R, W),
+        read_strengths=addressing.oneplus(parts["read_strengths"]),
+        free_gates=torch.sigmoid(parts["free_gates"]),
+        read_modes=(
+            torch.softmax(parts["read_modes"].reshape(B, R, 1 + 2 * H), dim=-1)
+            if "read_modes" in parts
+            else None
+        ),
+        write_keys=parts["write_keys"].reshape(B, H, W),
+        write_strengths=addressing.oneplus(parts["write_strengths"]),
+        erase=torch.sigmoid(parts["erase"].reshape(B, H, W)),
+        write_vectors=parts["write_vectors"].reshape(B, H, W),
+        allocation_gates=torch.sigmoid(parts["allocation_gates"]),
+        write_gates=torch.sigmoid(parts["write_gates"]),
+        read_masks=masks.get("read_masks"),
+        write_masks=masks.get("write_masks"),
+        sharpness=(
+            addressing.oneplus(parts["sharpness"]).reshape(B, R, 2)
+            if "sharpness" in parts
+            else None
+        ),
     )
+
+
+def sharpen(weights: Tensor, exponent: Tensor) -> Tensor:
+    """S(d, s)_i = d_i^s / sum_j d_j^s over the last axis (0 where d is all 0).
+
+    Args:
+        weights: (B, R, H, N) non-negative link weights d.
+        exponent: (B, R) s >= 1.
+
+    Returns:
+        (B, R, H, N).
+    """
+    # d^s as exp(s log d) with d kept above the smallest normal number: a finite gradient
+    # for s at d = 0 (where d^s ln d -> 0).
+    tiny = torch.finfo(weights.dtype).tiny
+    powered = torch.exp(exponent[:, :, None, None] * torch.log(weights.clamp_min(tiny)))
+    powered = powered * (weights > 0)
+    return powered / (powered.sum(dim=-1, keepdim=True) + addressing.EPSILON)
 
 
 def mix_read_weights(
@@ -129,6 +226,12 @@ def mix_read_weights(
     )
 
 
+def _content(memory: Tensor, keys: Tensor, strengths: Tensor, masks: Tensor | None) -> Tensor:
+    if masks is None:
+        return addressing.content_weights(memory, keys, strengths)
+    return addressing.masked_content_weights(memory, keys, masks, strengths)
+
+
 def dense_step(
     interface: Tensor,
     state: RAMState,
@@ -139,6 +242,7 @@ def dense_step(
     tick: Tensor,
     incoming: tuple[Spill, ...] = (),
     spill: bool = False,
+    options: DenseOptions = CLASSIC,
 ) -> tuple[Tensor, RAMState, Tensor, Tensor, Tensor, Spill | None]:
     """One DNC step: write (on ticks), take incoming spills, then read.
 
@@ -154,6 +258,8 @@ def dense_step(
         spill: return what this step overwrote (``tiered.hierarchy.spill_of``, with the usage
             after the free gates as how occupied each slot was), one row for the heads'
             write and one for the incoming spills' when there were any.
+        options: the DNC's fixes (``DenseOptions``); the interface must follow its layout.
+            With ``deallocate`` the content the free gates release counts as erased too.
 
     Returns:
         words (B, R * W), the next state, the erased content (B,), the write mass
@@ -162,28 +268,38 @@ def dense_step(
         w = 1 - prod_h(1 - w^w_h), which the next step's usage starts from (detached), and
         the spill (or None).
     """
-    p = parse_ram_interface(interface, width, read_heads, write_heads)
+    p = parse_ram_interface(interface, width, read_heads, write_heads, options)
 
     # Write: usage from the last write and this step's free gates, then allocation.
-    usage = addressing.update_usage(
-        state.usage, state.write_weights, state.read_weights, p.free_gates
-    )
+    retention = addressing.retention(state.read_weights, p.free_gates)  # (B, N)
+    usage = addressing.mark_written(state.usage, state.write_weights) * retention
     allocation = addressing.write_allocation_weights(usage, p.allocation_gates * p.write_gates)
-    write_content = addressing.content_weights(state.memory, p.write_keys, p.write_strengths)
+    write_content = _content(state.memory, p.write_keys, p.write_strengths, p.write_masks)
     write_weights = addressing.write_weights(
         allocation, write_content, p.allocation_gates, p.write_gates
     )  # (B, H, N)
     # Off ticks the write weights are zero, so memory, links and precedence are carried
     # exactly (x * 1 + 0); usage still follows the free gates every step.
     write_weights = write_weights * tick.to(write_weights.dtype)[:, None, None]
-    memory, removed = addressing.overwrite(state.memory, write_weights, p.erase, p.write_vectors)
+    memory = state.memory
+    freed = None
+    if options.deallocate:  # freed slots lose their content before the write
+        kept = memory * retention.unsqueeze(-1)
+        freed = (memory - kept).abs().sum(dim=(-2, -1))
+        memory = kept
+    memory, removed = addressing.overwrite(memory, write_weights, p.erase, p.write_vectors)
     erased = removed.abs().sum(dim=(-2, -1))  # (B,)
+    if freed is not None:
+        erased = erased + freed
     spills = [spill_of(removed, write_weights.sum(dim=1), usage)] if spill else []
-    # The link update and both directional reads in one pass over each link matrix.
-    link, forward, backward = link_step(
-        state.link, state.precedence, write_weights, state.read_weights
-    )
-    precedence = linkage.update_precedence(state.precedence, write_weights)
+    if options.links:
+        # The link update and both directional reads in one pass over each link matrix.
+        link, forward, backward = link_step(
+            state.link, state.precedence, write_weights, state.read_weights
+        )
+        precedence = linkage.update_precedence(state.precedence, write_weights)
+    else:
+        link, precedence = state.link, state.precedence  # (B, H, 0, 0), (B, H, 0)
     weights = write_weights.detach()
     in_use = addressing.mark_written(usage.detach(), weights)  # (B, N)
     mass = weights.sum(dim=(1, 2))
@@ -206,8 +322,14 @@ def dense_step(
         in_use = addressing.mark_written(in_use, spill_weights.detach())
         mass = mass + spill_weights.detach().sum(dim=(1, 2))
     # Read: content on the new memory, forward/backward along the links.
-    read_content = addressing.content_weights(memory, p.read_keys, p.read_strengths)
-    read_weights = mix_read_weights(p.read_modes, read_content, forward, backward)
+    read_content = _content(memory, p.read_keys, p.read_strengths, p.read_masks)
+    if options.links:
+        if p.sharpness is not None:
+            forward = sharpen(forward, p.sharpness[..., 0])
+            backward = sharpen(backward, p.sharpness[..., 1])
+        read_weights = mix_read_weights(p.read_modes, read_content, forward, backward)
+    else:
+        read_weights = read_content
     words = addressing.read_words(memory, read_weights)  # (B, R, W)
     next_state = RAMState(
         memory=memory,
