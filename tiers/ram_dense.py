@@ -186,6 +186,9 @@ def parse_ram_interface(
 def sharpen(weights: Tensor, exponent: Tensor) -> Tensor:
     """S(d, s)_i = d_i^s / sum_j d_j^s over the last axis (0 where d is all 0).
 
+    Taken as a softmax of s log d (slots with d = 0 left out), so it stays exact when every
+    d^s underflows.
+
     Args:
         weights: (B, R, H, N) non-negative link weights d.
         exponent: (B, R) s >= 1.
@@ -193,12 +196,10 @@ def sharpen(weights: Tensor, exponent: Tensor) -> Tensor:
     Returns:
         (B, R, H, N).
     """
-    # d^s as exp(s log d) with d kept above the smallest normal number: a finite gradient
-    # for s at d = 0 (where d^s ln d -> 0).
     tiny = torch.finfo(weights.dtype).tiny
-    powered = torch.exp(exponent[:, :, None, None] * torch.log(weights.clamp_min(tiny)))
-    powered = powered * (weights > 0)
-    return powered / (powered.sum(dim=-1, keepdim=True) + addressing.EPSILON)
+    scores = exponent[:, :, None, None] * torch.log(weights.clamp_min(tiny))
+    scores = scores.masked_fill(weights <= 0, float("-inf"))
+    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
 
 
 def mix_read_weights(
