@@ -209,3 +209,38 @@ def test_interface_norm_works_in_sparse_mode_too():
     state = ram.initial_state(2, dtype=torch.float64)
     words, _, _ = ram(torch.randn(2, ram.interface_size, dtype=torch.float64), state)
     assert words.shape == (2, R * W) and torch.isfinite(words).all()
+
+
+def test_the_fix_sweeps_build_the_options_their_variants_name():
+    """Each variant of the fix ablations sets every flag, so what it builds is what it names
+    (a variant's tier list merges into the base stack's item by item)."""
+    from pathlib import Path
+
+    from tiered.cli import make_cli
+    from tiered.sweeps.spec import load_sweep
+
+    root = Path(__file__).resolve().parents[2] / "experiments" / "sweeps"
+    expected = {
+        "classic": (True, False, False, False, False),
+        "content_mask": (True, True, False, False, False),
+        "deallocate": (True, False, True, False, False),
+        "link_sharpness": (True, False, False, True, False),
+        "interface_norm": (True, False, False, False, True),
+        "link_free": (False, False, False, False, False),
+        "all_fixes": (True, True, True, True, True),
+    }
+    for sweep in ("dnc_fixes_copy", "dnc_fixes_recall"):
+        seen = set()
+        for run in load_sweep(root / f"{sweep}.yaml").runs():
+            if run.seed != 0:
+                continue
+            cli = make_cli([*run.args, "--trainer.logger", "false"], run=False)
+            (ram,) = cli.model.controller.tiers
+            name = run.variant.removeprefix("config=")
+            o = ram.options
+            assert (o.links, o.content_mask, o.deallocate, o.sharpness, ram.interface_norm) == (
+                expected[name]
+            ), name
+            assert (ram.slots, ram.width, ram.read_heads, ram.sparse) == (32, 16, 1, False)
+            seen.add(name)
+        assert seen == set(expected)
