@@ -1,5 +1,6 @@
 """Algorithmic tasks as LightningDataModules that generate their data from a seed."""
 
+from tiered.tasks.babi import BAbI
 from tiered.tasks.base import SequenceBatch, SequenceTask
 from tiered.tasks.copy import Copy, RepeatCopy
 from tiered.tasks.graph import ShortestPath
@@ -9,6 +10,7 @@ from tiered.tasks.recall import AssociativeRecall, PrioritySort
 
 __all__ = [
     "AssociativeRecall",
+    "BAbI",
     "Copy",
     "KeyValueLookup",
     "KeyValueRecall",
