@@ -101,6 +101,17 @@ class RAM(Tier):
             trainable linear projection (owned by the controller); without it a width
             mismatch is an error.
         clock_rule: with ``period > 1``: "last", "mean" or "gate" (``tiered.tier.Tier``).
+        content_mask: dense mode: each read and write head emits a mask over the W features
+            and content addressing compares only the masked features (Csordás & Schmidhuber
+            2019); adds (R + H) W interface features.
+        deallocate: dense mode: slots the free gates release lose their content, not only
+            their usage (Csordás & Schmidhuber 2019); the content they lose counts in the
+            rewrite penalty's erased content.
+        link_sharpness: dense mode with links: each read head sharpens its forward and
+            backward link weights by a learned exponent s >= 1, d^s / sum d^s (Csordás &
+            Schmidhuber 2019); adds 2R interface features.
+        interface_norm: layer normalisation of this RAM's interface features before they are
+            split and squashed (Franke et al. 2018), with a learned scale and shift.
 
     A RAM also takes spills from tiers that name it in ``spill_to``: each spilled row is
     written, the step it arrives and whatever the period, into the least used slot

@@ -21,11 +21,12 @@ import io
 import re
 import tarfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from torch import Tensor
 
 from tiered.tasks.base import Example, SequenceBatch, SequenceTask, pad_examples
 from tiered.validation import check_positive_int
@@ -277,7 +278,9 @@ class BAbI(SequenceTask):
         chunk = pool[start : start + self.batch_size]
         return pad_examples([self._example(s) for s in chunk], tokens=True)
 
-    def task_errors(self, predict, split: str = "test") -> dict[int, float]:
+    def task_errors(
+        self, predict: Callable[[Tensor], Tensor], split: str = "test"
+    ) -> dict[int, float]:
         """The error rate per task: the share of questions with any answer word wrong.
 
         Args:
