@@ -28,8 +28,8 @@ def _rows(path: Path) -> list[dict[str, str]] | None:
 
 
 def sweep_figure(name: str) -> str | None:
-    """Per variant: validation bit errors per sequence, mean +- std over finished seeds,
-    from the sweep's report.csv."""
+    """Per variant: the sweep's metric, mean +- std over finished seeds, from its
+    report.csv."""
     rows = _rows(RESULTS / "sweeps" / name / "report.csv")
     if not rows:
         return None
@@ -77,12 +77,13 @@ ENTRIES = [
         "experiments/benchmarks/reproduce_copy.py experiments/results/sweeps/repro_copy",
     },
     {
-        "task": "The DNC's fixes, copy (lengths 1..10), dense RAM 32 x 16",
+        "task": "The DNC's fixes, copy (trained on lengths 1..10, tested on 21..40), dense "
+        "RAM 32 x 16",
         "paper": "masking, de-allocation and sharpness each improve the DNC on the "
         "paper's synthetic tasks and bAbI (Csordás & Schmidhuber 2019; other tasks and "
         "sizes than these)",
         "ours": lambda: sweep_figure("dnc_fixes_copy"),
-        "ours_unit": "validation bit errors per sequence, mean +- std",
+        "ours_unit": "test bit errors per sequence, mean +- std",
         "seeds": "3 per variant",
         "budget": "2,000 steps of batch 32, LSTM 100",
         "config": "experiments/sweeps/dnc_fixes_copy.yaml",
@@ -90,10 +91,11 @@ ENTRIES = [
         "experiments/results/sweeps/dnc_fixes_copy --workers 2",
     },
     {
-        "task": "The DNC's fixes, associative recall (2..6 items), dense RAM 32 x 16",
+        "task": "The DNC's fixes, associative recall (trained on 2..6 items, tested on "
+        "7..12), dense RAM 32 x 16",
         "paper": "as above",
         "ours": lambda: sweep_figure("dnc_fixes_recall"),
-        "ours_unit": "validation bit errors per sequence, mean +- std",
+        "ours_unit": "test bit errors per sequence, mean +- std",
         "seeds": "3 per variant",
         "budget": "2,000 steps of batch 32, LSTM 100",
         "config": "experiments/sweeps/dnc_fixes_recall.yaml",
