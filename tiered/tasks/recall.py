@@ -40,23 +40,28 @@ def associative_recall_example(
     return Example(inputs, targets, mask)
 
 
-def priority_sort_example(rng: np.random.Generator, bits: int, items: int) -> Example:
-    """Vectors with scalar priorities; output them sorted by priority, highest first.
+def priority_sort_example(
+    rng: np.random.Generator, bits: int, items: int, keep: int | None = None
+) -> Example:
+    """Vectors with scalar priorities; output the ``keep`` highest, sorted, highest first.
 
-    Inputs (2n + 1, bits + 2): vector i on [0, bits) with its priority in [-1, 1] on
-    channel ``bits``; the delimiter on channel ``bits + 1`` at step n. Targets
-    (2n + 1, bits): the sorted vectors on the last n steps, which are scored.
+    Inputs (n + 1 + m, bits + 2), with m = min(keep, n) (m = n without ``keep``): vector i
+    on [0, bits) with its priority in [-1, 1] on channel ``bits``; the delimiter on channel
+    ``bits + 1`` at step n. Targets (n + 1 + m, bits): the m highest-priority vectors in
+    order on the last m steps, which are scored. The NTM paper sorted 20 vectors and
+    output the 16 highest.
     """
     n = items
+    m = n if keep is None else min(keep, n)
     data = rng.integers(0, 2, size=(n, bits)).astype(np.float32)
     priority = rng.uniform(-1.0, 1.0, size=n).astype(np.float32)
-    inputs = np.zeros((2 * n + 1, bits + 2), dtype=np.float32)
+    inputs = np.zeros((n + 1 + m, bits + 2), dtype=np.float32)
     inputs[:n, :bits] = data
     inputs[:n, bits] = priority
     inputs[n, bits + 1] = 1.0
-    targets = np.zeros((2 * n + 1, bits), dtype=np.float32)
-    targets[n + 1 :] = data[np.argsort(-priority, kind="stable")]
-    mask = np.zeros(2 * n + 1, dtype=bool)
+    targets = np.zeros((n + 1 + m, bits), dtype=np.float32)
+    targets[n + 1 :] = data[np.argsort(-priority, kind="stable")[:m]]
+    mask = np.zeros(n + 1 + m, dtype=bool)
     mask[n + 1 :] = True
     return Example(inputs, targets, mask)
 
@@ -121,6 +126,8 @@ class PrioritySort(SequenceTask):
         items: [low, high] vectors per sequence for training and validation.
         eval_items: [low, high] vectors per sequence for test.
         bits: width of each vector (8 in the NTM paper).
+        keep: output only this many highest-priority vectors (16 of 20 in the NTM paper);
+            None outputs every vector.
         **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
             num_workers, as in ``SequenceTask``.
     """
@@ -132,12 +139,14 @@ class PrioritySort(SequenceTask):
         items: tuple[int, int] = (2, 10),
         eval_items: tuple[int, int] = (11, 20),
         bits: int = 8,
+        keep: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.items = check_range("PrioritySort", "items", items)
         self.eval_items = check_range("PrioritySort", "eval_items", eval_items)
         self.bits = check_positive_int("PrioritySort", "bits", bits)
+        self.keep = None if keep is None else check_positive_int("PrioritySort", "keep", keep)
 
     @property
     def input_size(self) -> int:
@@ -149,4 +158,5 @@ class PrioritySort(SequenceTask):
 
     def example(self, rng: np.random.Generator, split: str) -> Example:
         low, high = self.eval_items if split == "test" else self.items
-        return priority_sort_example(rng, self.bits, int(rng.integers(low, high + 1)))
+        n = int(rng.integers(low, high + 1))
+        return priority_sort_example(rng, self.bits, n, self.keep)
