@@ -3,7 +3,7 @@
 from tiered.tasks.babi import BAbI
 from tiered.tasks.base import SequenceBatch, SequenceTask
 from tiered.tasks.copy import Copy, RepeatCopy
-from tiered.tasks.graph import ShortestPath
+from tiered.tasks.graph import ShortestPath, Traversal
 from tiered.tasks.kv_recall import KeyValueRecall
 from tiered.tasks.lookup import KeyValueLookup
 from tiered.tasks.recall import AssociativeRecall, PrioritySort
@@ -19,4 +19,5 @@ __all__ = [
     "SequenceBatch",
     "SequenceTask",
     "ShortestPath",
+    "Traversal",
 ]

@@ -1,4 +1,5 @@
-"""Shortest path on random graphs, as token sequences (in the spirit of the DNC paper)."""
+"""Graph tasks as token sequences (in the spirit of the DNC paper): shortest path on random
+undirected graphs, and traversal of random graphs with labelled edges."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from tiered.tasks.base import Example, SequenceTask, check_range
-from tiered.validation import check_non_negative_float
+from tiered.validation import check_non_negative_float, check_positive_int
 
 
 def random_graph(rng: np.random.Generator, nodes: int, extra_edges: float) -> list[tuple[int, int]]:
@@ -129,3 +130,133 @@ class ShortestPath(SequenceTask):
         low, high = self.eval_nodes if split == "test" else self.nodes
         nodes = int(rng.integers(low, high + 1))
         return shortest_path_example(rng, nodes, self.max_nodes, self.extra_edges)
+
+
+def labelled_graph(
+    rng: np.random.Generator, nodes: int, labels: int, out_degree: int
+) -> dict[tuple[int, int], int]:
+    """A directed graph with labelled edges, at most one edge per (node, label).
+
+    Node u gets ``min(out_degree, labels)`` edges, each with its own label drawn without
+    replacement and a destination other than u, so a (start, labels) walk is deterministic.
+
+    Returns:
+        ``{(source, label): destination}``.
+    """
+    edges = {}
+    for u in range(nodes):
+        for label in rng.choice(labels, size=min(out_degree, labels), replace=False):
+            v = int(rng.integers(0, nodes - 1))
+            edges[(u, int(label))] = v + (v >= u)  # any node but u
+    return edges
+
+
+def traversal_example(
+    rng: np.random.Generator,
+    nodes: int,
+    hops: int,
+    max_nodes: int,
+    labels: int,
+    out_degree: int,
+) -> Example:
+    """Labelled edges one per step, then a start node and ``hops`` edge labels to follow;
+    output the node reached after each hop (the DNC paper's traversal, on random graphs).
+
+    Node ids are drawn at random from 0..max_nodes-1, so every id is trained on.
+    Inputs (T, 2 M + K + 3) with M = max_nodes, K = labels: an edge step is one-hot(u) on
+    [0, M), one-hot(label) on [M, M + K) and one-hot(v) on [M + K, 2M + K) with the edge
+    flag (2M + K); the query's first step carries the start node on [0, M) with the query
+    flag (2M + K + 1), and each of its ``hops`` steps after one label on [M, M + K) with the
+    query flag; then one answer step (flag 2M + K + 2) per hop.
+    Targets (T,): the node ids visited, in order, on the answer steps (the scored ones).
+    """
+    M, K = max_nodes, labels
+    edges = labelled_graph(rng, nodes, labels, out_degree)
+    start = node = int(rng.integers(0, nodes))
+    path, walk = [], []
+    for _ in range(hops):
+        choices = sorted(label for (u, label) in edges if u == node)
+        label = choices[int(rng.integers(0, len(choices)))]
+        node = edges[(node, label)]
+        walk.append(label)
+        path.append(node)
+    ids = rng.permutation(M)[:nodes]
+    items = list(edges.items())
+    order = rng.permutation(len(items))
+    E = len(items)
+    T = E + 1 + hops + hops
+    width = 2 * M + K + 3
+    inputs = np.zeros((T, width), dtype=np.float32)
+    for step, e in enumerate(order):
+        (u, label), v = items[e]
+        inputs[step, ids[u]] = inputs[step, M + label] = inputs[step, M + K + ids[v]] = 1.0
+        inputs[step, 2 * M + K] = 1.0
+    inputs[E, ids[start]] = inputs[E, 2 * M + K + 1] = 1.0
+    for h, label in enumerate(walk):
+        inputs[E + 1 + h, M + label] = inputs[E + 1 + h, 2 * M + K + 1] = 1.0
+    inputs[E + 1 + hops :, 2 * M + K + 2] = 1.0
+    targets = np.zeros(T, dtype=np.int64)
+    targets[E + 1 + hops :] = ids[path]
+    mask = np.zeros(T, dtype=bool)
+    mask[E + 1 + hops :] = True
+    return Example(inputs, targets, mask)
+
+
+class Traversal(SequenceTask):
+    """Graph traversal (DNC paper): read labelled edges, then follow a start node and a
+    sequence of edge labels; output every node reached. Token accuracy is the share of
+    answers right, exact match the share of queries (paths) wholly right.
+
+    Args:
+        nodes: [low, high] nodes per graph for training and validation.
+        eval_nodes: [low, high] nodes per graph for test.
+        hops: [low, high] edges to follow per query for training and validation.
+        eval_hops: [low, high] edges to follow per query for test.
+        labels: distinct edge labels (like the lines of a transport map).
+        out_degree: labelled edges leaving each node (at most ``labels``).
+        **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
+            num_workers, as in ``SequenceTask``.
+    """
+
+    loss = "tokens"
+
+    def __init__(
+        self,
+        nodes: tuple[int, int] = (5, 10),
+        eval_nodes: tuple[int, int] = (11, 16),
+        hops: tuple[int, int] = (1, 3),
+        eval_hops: tuple[int, int] = (4, 6),
+        labels: int = 4,
+        out_degree: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        owner = "Traversal"
+        self.nodes = check_range(owner, "nodes", nodes, minimum=2)
+        self.eval_nodes = check_range(owner, "eval_nodes", eval_nodes, minimum=2)
+        self.hops = check_range(owner, "hops", hops)
+        self.eval_hops = check_range(owner, "eval_hops", eval_hops)
+        self.labels = check_positive_int(owner, "labels", labels)
+        self.out_degree = check_positive_int(owner, "out_degree", out_degree)
+        if self.out_degree > self.labels:
+            raise ValueError(
+                f"Traversal: out_degree={out_degree} needs at least as many labels, got "
+                f"labels={labels} (one edge per label leaves a node)"
+            )
+        self.max_nodes = max(self.nodes[1], self.eval_nodes[1])
+
+    @property
+    def input_size(self) -> int:
+        return 2 * self.max_nodes + self.labels + 3
+
+    @property
+    def output_size(self) -> int:
+        return self.max_nodes
+
+    def example(self, rng: np.random.Generator, split: str) -> Example:
+        nodes_range, hops_range = (
+            (self.eval_nodes, self.eval_hops) if split == "test" else (self.nodes, self.hops)
+        )
+        nodes = int(rng.integers(nodes_range[0], nodes_range[1] + 1))
+        hops = int(rng.integers(hops_range[0], hops_range[1] + 1))
+        return traversal_example(rng, nodes, hops, self.max_nodes, self.labels, self.out_degree)
