@@ -260,7 +260,8 @@ def dense_step(
             after the free gates as how occupied each slot was), one row for the heads'
             write and one for the incoming spills' when there were any.
         options: the DNC's fixes (``DenseOptions``); the interface must follow its layout.
-            With ``deallocate`` the content the free gates release counts as erased too.
+            With ``deallocate`` the content the free gates release, on the RAM's ticks,
+            counts as erased too (and, like all freed content, is not spilled).
 
     Returns:
         words (B, R * W), the next state, the erased content (B,), the write mass
@@ -284,8 +285,9 @@ def dense_step(
     write_weights = write_weights * tick.to(write_weights.dtype)[:, None, None]
     memory = state.memory
     freed = None
-    if options.deallocate:  # freed slots lose their content before the write
-        kept = memory * retention.unsqueeze(-1)
+    if options.deallocate:  # freed slots lose their content before the write (on ticks)
+        on_tick = tick.to(memory.dtype).unsqueeze(-1)  # (B, 1)
+        kept = memory * (1.0 - on_tick * (1.0 - retention)).unsqueeze(-1)
         freed = (memory - kept).abs().sum(dim=(-2, -1))
         memory = kept
     memory, removed = addressing.overwrite(memory, write_weights, p.erase, p.write_vectors)

@@ -171,3 +171,29 @@ def test_a_tiered_model_trains_on_babi_through_the_cli(tmp_path):
     assert cli.trainer.global_step == 3
     errors = cli.datamodule.task_errors(lambda x: cli.model.controller(x).output)
     assert set(errors) == {1, 8} and all(0 <= e <= 1 for e in errors.values())
+
+
+def test_uneven_batches_still_visit_every_test_story_once(tmp_path):
+    folder = tmp_path / "en"
+    folder.mkdir()
+    three = TASK1_TEST + "1 Sandra went to the garden.\n2 Where is Sandra? \tgarden\t1\n"
+    (folder / "qa1_x_train.txt").write_text(TASK1_TRAIN)
+    (folder / "qa1_x_test.txt").write_text(three)
+    task = BAbI(str(tmp_path), val_fraction=0.0, batch_size=2)
+    assert task.batches["test"] == 2
+    batches = [task.make_batch("test", i) for i in range(2)]
+    assert [b.inputs.shape[0] for b in batches] == [2, 1]
+    vocab = task.vocabulary
+    answers = [vocab[int(t)] for b in batches for t in b.targets[b.mask]]
+    assert answers == ["kitchen", "office", "garden"]
+    # no validation stories: an empty validation loader, not a crash
+    assert task.batches["val"] == 0 and list(task.val_dataloader()) == []
+
+
+def test_punctuation_can_be_kept_as_words(tmp_path):
+    assert tokenize("Where is Mary?", keep_punctuation=True) == ["where", "is", "mary", "?"]
+    task = BAbI(str(write_folder(tmp_path)), tasks=[1], keep_punctuation=True, val_fraction=0.0)
+    assert "." in task.vocabulary and "?" in task.vocabulary
+    words = [task.vocabulary[i] for i in task.encode(task.stories["test"][0]).inputs]
+    expected = ["mary", "went", "to", "the", "kitchen", ".", "where", "is", "mary", "?"]
+    assert words == [*expected, ANSWER]

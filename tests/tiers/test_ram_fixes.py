@@ -134,6 +134,25 @@ def test_deallocation_erases_what_the_free_gates_release():
     assert rewrite == pytest.approx(float(v.sum()), rel=1e-5)  # counted as erased content
 
 
+def test_a_slow_ram_deallocates_only_on_its_ticks():
+    # Period 2: step 1 is an off-tick, where nothing may change the memory, freed or not.
+    ram = RAM(4, W, read_heads=1, sparse=False, deallocate=True, period=2).double()
+    state = ram.initial_state(1, dtype=torch.float64)
+    v = torch.arange(1.0, W + 1, dtype=torch.float64).unsqueeze(0)
+    big = torch.full((1, 1), BIG)
+    modes = content_modes(ram, 1)
+    write = interface(ram, 1, write_vectors=v, write_gates=big, read_keys=v,
+                      read_strengths=big, read_modes=modes)  # fmt: skip
+    _, state, _ = ram(write, state)  # tick: written and read back
+    before = state.memory.clone()
+    free = interface(ram, 1, free_gates=big, read_modes=modes)
+    _, state, stats = ram(free, state)  # off-tick: free gates open
+    torch.testing.assert_close(state.memory, before, rtol=0, atol=0)
+    assert stats.rewrite[0] == 0
+    _, state, stats = ram(free, state)  # the next tick frees the slot's content
+    assert stats.rewrite[0] > 0
+
+
 def test_sharpening_normalises_and_sharpens_link_weights():
     g = torch.Generator().manual_seed(1)
     d = 0.5 * torch.rand(2, 3, 2, 7, generator=g, dtype=torch.float64)

@@ -6,9 +6,10 @@ each story. Files are named ``qa<N>_<name>_<split>.txt`` and come as a folder, a
 a ``.tar.gz`` (the published archive holds ``tasks_1-20_v1-2/en/...``; ``subset`` picks the
 ``en`` folder, ``en-10k`` for the 10k split).
 
-Preprocessing, as in the DNC paper: lower case, punctuation stripped, one word per input
-step (one-hot); every question is answered in place, after its last word, by one step per
-answer word whose input is the answer marker ``-``; only those steps are scored. A story is
+Preprocessing: lower case, punctuation stripped (``keep_punctuation`` keeps "." and "?" as
+words, marking sentence and question ends), one word per input step (one-hot); every
+question is answered in place, after its last word, by one step per answer word whose input
+is the answer marker ``-``, as in the DNC paper; only those steps are scored. A story is
 one sequence with all its questions. The vocabulary holds every word of the chosen tasks'
 training and test files (as is usual for bAbI, so no test word is unknown).
 
@@ -50,12 +51,18 @@ class Story(NamedTuple):
     lines: list[list[str] | Question]
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower case, punctuation stripped, split on white space."""
-    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+def tokenize(text: str, keep_punctuation: bool = False) -> list[str]:
+    """Lower case, split on white space; punctuation stripped, or with ``keep_punctuation``
+    "." and "?" kept as words of their own (other marks still stripped)."""
+    text = text.lower()
+    if keep_punctuation:
+        return re.findall(r"[^\W_]+|[.?]", text.replace("_", " "))
+    return re.sub(r"[^\w\s]", " ", text).split()
 
 
-def parse_stories(text: str, task: int, source: str = "<text>") -> list[Story]:
+def parse_stories(
+    text: str, task: int, source: str = "<text>", keep_punctuation: bool = False
+) -> list[Story]:
     """The stories of one bAbI file.
 
     Raises:
@@ -73,7 +80,8 @@ def parse_stories(text: str, task: int, source: str = "<text>") -> list[Story]:
             stories.append(Story(task, []))
         if "\t" in rest:
             question, answer, *_ = [*rest.split("\t"), ""]
-            words, answers = tokenize(question), tokenize(answer.replace(",", " "))
+            words = tokenize(question, keep_punctuation)
+            answers = tokenize(answer.replace(",", " "))
             if not words or not answers:
                 raise ValueError(
                     f"bAbI {source}, line {number}: a question needs words and an answer "
@@ -81,7 +89,7 @@ def parse_stories(text: str, task: int, source: str = "<text>") -> list[Story]:
                 )
             stories[-1].lines.append(Question(words, answers))
         else:
-            stories[-1].lines.append(tokenize(rest))
+            stories[-1].lines.append(tokenize(rest, keep_punctuation))
     return stories
 
 
@@ -179,7 +187,9 @@ class BAbI(SequenceTask):
         subset: the folder of the archive to read ("en" for the 1k split, "en-10k" for the
             10k split); None reads every bAbI file found.
         val_fraction: the share of each task's training stories held out for validation
-            (chosen by ``seed``).
+            (chosen by ``seed``); 0 validates on nothing (an empty validation loader).
+        keep_punctuation: keep "." and "?" as words (sentence and question ends) instead of
+            stripping them.
         batch_size: stories per batch.
         train_batches: batches per training epoch.
         seed: the seed of the validation split and of the training draws.
@@ -194,6 +204,7 @@ class BAbI(SequenceTask):
         tasks: list[int] | None = None,
         subset: str | None = "en",
         val_fraction: float = 0.1,
+        keep_punctuation: bool = False,
         batch_size: int = 32,
         train_batches: int = 1000,
         seed: int = 0,
@@ -213,23 +224,26 @@ class BAbI(SequenceTask):
                 f"tasks found: {available}"
             )
         self.path, self.tasks, self.subset = path, chosen, subset
+        self.keep_punctuation = bool(keep_punctuation)
         rng = np.random.default_rng([seed, 7])
         self.stories: dict[str, list[Story]] = {"train": [], "val": [], "test": []}
         for task in chosen:
-            train = parse_stories(files[(task, "train")], task, f"task {task} train")
+            train = parse_stories(files[(task, "train")], task, f"task {task} train",
+                                  keep_punctuation)  # fmt: skip
             held = round(val_fraction * len(train))
             order = rng.permutation(len(train))
             self.stories["val"] += [train[i] for i in sorted(order[:held])]
             self.stories["train"] += [train[i] for i in sorted(order[held:])]
-            self.stories["test"] += parse_stories(files[(task, "test")], task, f"task {task} test")
+            test = parse_stories(files[(task, "test")], task, f"task {task} test",
+                                 keep_punctuation)  # fmt: skip
+            self.stories["test"] += test
         if not self.stories["train"]:
             raise ValueError(f"BAbI: no training stories left with val_fraction={val_fraction}")
         words = {w for split in self.stories.values() for s in split for w in _words(s)}
         self.vocabulary = [PAD, ANSWER, *sorted(words - {PAD, ANSWER})]
         self.index = {word: i for i, word in enumerate(self.vocabulary)}
-        for split in ("val", "test"):
-            count = -(-len(self.stories[split]) // self.batch_size)
-            self.batches[split] = max(1, count)
+        for split in ("val", "test"):  # every story once; none: an empty loader
+            self.batches[split] = -(-len(self.stories[split]) // self.batch_size)
 
     @property
     def input_size(self) -> int:
