@@ -194,6 +194,7 @@ def update_usage(
     prev_write_weights: Tensor,
     prev_read_weights: Tensor,
     free_gates: Tensor,
+    psi: Tensor | None = None,
 ) -> Tensor:
     """u_t = (u_{t-1} + w - u_{t-1} * w) * psi_t, with w = 1 - prod_h(1 - w^w_{t-1,h}).
 
@@ -202,11 +203,15 @@ def update_usage(
         prev_write_weights: (B, H, N), the last write's weights.
         prev_read_weights: (B, R, N).
         free_gates: (B, R) in [0, 1].
+        psi: (B, N) ``retention(prev_read_weights, free_gates)`` when the caller has it
+            already (the dense RAM's de-allocation uses it too); None computes it.
 
     Returns:
         (B, N) in [0, 1].
     """
-    return mark_written(prev_usage, prev_write_weights) * retention(prev_read_weights, free_gates)
+    if psi is None:
+        psi = retention(prev_read_weights, free_gates)
+    return mark_written(prev_usage, prev_write_weights) * psi
 
 
 def mark_written(prev: Tensor, write_weights: Tensor) -> Tensor:

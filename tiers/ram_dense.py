@@ -274,7 +274,9 @@ def dense_step(
 
     # Write: usage from the last write and this step's free gates, then allocation.
     retention = addressing.retention(state.read_weights, p.free_gates)  # (B, N)
-    usage = addressing.mark_written(state.usage, state.write_weights) * retention
+    usage = addressing.update_usage(
+        state.usage, state.write_weights, state.read_weights, p.free_gates, psi=retention
+    )
     allocation = addressing.write_allocation_weights(usage, p.allocation_gates * p.write_gates)
     write_content = _content(state.memory, p.write_keys, p.write_strengths, p.write_masks)
     write_weights = addressing.write_weights(
