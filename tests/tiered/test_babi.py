@@ -197,3 +197,51 @@ def test_punctuation_can_be_kept_as_words(tmp_path):
     words = [task.vocabulary[i] for i in task.encode(task.stories["test"][0]).inputs]
     expected = ["mary", "went", "to", "the", "kitchen", ".", "where", "is", "mary", "?"]
     assert words == [*expected, ANSWER]
+
+
+def test_batch_by_task_draws_each_training_batch_from_one_task(tmp_path):
+    task = BAbI(str(write_folder(tmp_path)), tasks=[1, 8], val_fraction=0.0, batch_size=5,
+                batch_by_task=True)  # fmt: skip
+    vocab = task.vocabulary
+    seen = set()
+    for index in range(12):
+        batch = task.make_batch("train", index)
+        answers = {vocab[int(t)] for t in batch.targets[batch.mask]}
+        from_task1 = answers <= {"bathroom", "kitchen", "garden"}
+        from_task8 = answers <= {"apple", "football", "milk"}
+        assert from_task1 != from_task8, answers  # one task per batch, never a mix
+        seen.add(1 if from_task1 else 8)
+        assert torch.equal(batch.inputs, task.make_batch("train", index).inputs)  # pure
+    assert seen == {1, 8}  # both tasks are drawn
+    mixed = BAbI(str(write_folder(tmp_path / "m")), tasks=[1, 8], val_fraction=0.0,
+                 batch_size=5)  # fmt: skip
+    assert not mixed.batch_by_task  # default off: batches mix the tasks
+
+
+def test_the_shipped_babi_configs_train_on_files_in_the_standard_format(tmp_path):
+    """experiments/babi/*.yaml (the real data is not part of the project: the path is
+    replaced by small files written here)."""
+    from pathlib import Path
+
+    from tiered.cli import make_cli
+    from tiered.sweeps.spec import load_sweep
+
+    data = write_folder(tmp_path / "data")
+    folder = Path(__file__).resolve().parents[2] / "experiments" / "babi"
+    stacks = sorted(p for p in folder.glob("*.yaml") if p.name not in ("babi.yaml", "sweep.yaml"))
+    assert [p.name for p in stacks] == ["dnc.yaml", "lstm.yaml"]
+    runs = load_sweep(folder / "sweep.yaml").runs()  # the sweep over both, real data or not
+    assert [run.name for run in runs] == ["config=dnc,seed=0", "config=lstm,seed=0"]
+    assert all(str(folder / "babi.yaml") in run.args for run in runs)
+    for stack in stacks:
+        args = ["--config", str(folder / "babi.yaml"), "--config", str(stack),
+                "--data.init_args.path", str(data), "--data.init_args.batch_size", "2",
+                "--data.init_args.val_fraction", "0.34",
+                "--trainer.max_steps", "2", "--trainer.logger", "false",
+                "--trainer.enable_progress_bar", "false",
+                "--trainer.enable_checkpointing", "false",
+                "--trainer.default_root_dir", str(tmp_path / "runs")]  # fmt: skip
+        cli = make_cli(args, run=False)
+        assert cli.datamodule.tasks == [1, 8] and cli.datamodule.batch_by_task
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        assert cli.trainer.global_step == 2

@@ -190,6 +190,9 @@ class BAbI(SequenceTask):
             (chosen by ``seed``); 0 validates on nothing (an empty validation loader).
         keep_punctuation: keep "." and "?" as words (sentence and question ends) instead of
             stripping them.
+        batch_by_task: draw each training batch from one task (chosen uniformly) instead of
+            from all stories: stories of one task have similar lengths, so far less padding
+            (joint training with the 1k split: mean padded length about 3 times shorter).
         batch_size: stories per batch.
         train_batches: batches per training epoch.
         seed: the seed of the validation split and of the training draws.
@@ -205,6 +208,7 @@ class BAbI(SequenceTask):
         subset: str | None = "en",
         val_fraction: float = 0.1,
         keep_punctuation: bool = False,
+        batch_by_task: bool = False,
         batch_size: int = 32,
         train_batches: int = 1000,
         seed: int = 0,
@@ -225,6 +229,7 @@ class BAbI(SequenceTask):
             )
         self.path, self.tasks, self.subset = path, chosen, subset
         self.keep_punctuation = bool(keep_punctuation)
+        self.batch_by_task = bool(batch_by_task)
         rng = np.random.default_rng([seed, 7])
         self.stories: dict[str, list[Story]] = {"train": [], "val": [], "test": []}
         for task in chosen:
@@ -239,6 +244,9 @@ class BAbI(SequenceTask):
             self.stories["test"] += test
         if not self.stories["train"]:
             raise ValueError(f"BAbI: no training stories left with val_fraction={val_fraction}")
+        self._train_by_task: dict[int, list[Story]] = {}
+        for story in self.stories["train"]:
+            self._train_by_task.setdefault(story.task, []).append(story)
         words = {w for split in self.stories.values() for s in split for w in _words(s)}
         self.vocabulary = [PAD, ANSWER, *sorted(words - {PAD, ANSWER})]
         self.index = {word: i for i, word in enumerate(self.vocabulary)}
@@ -285,6 +293,12 @@ class BAbI(SequenceTask):
     def make_batch(self, split: str, index: int) -> SequenceBatch:
         """Training: random stories; validation and test: the ``index``-th run of stories in
         file order (the last batch may be shorter)."""
+        if split == "train" and self.batch_by_task:
+            rng = np.random.default_rng([self.seed, 0, index])
+            tasks = sorted(self._train_by_task)  # tasks with training stories
+            pool = self._train_by_task[tasks[int(rng.integers(len(tasks)))]]
+            chosen = rng.integers(len(pool), size=self.batch_size)
+            return pad_examples([self._example(pool[int(i)]) for i in chosen], tokens=True)
         if split == "train":
             return super().make_batch(split, index)
         pool = self.stories[split]
