@@ -45,36 +45,130 @@ def sweep_figure(name: str) -> str | None:
     return "; ".join(parts) if parts else None
 
 
-def copy_figure() -> str | None:
-    """Per variant: median wrong bits per sequence at each tested length."""
-    rows = _rows(RESULTS / "reproductions" / "copy.csv")
+def reproduction_figure(name: str) -> str | None:
+    """Per variant and test setting: the median over seeds, from reproductions/<name>.csv
+    (experiments/benchmarks/reproduce.py)."""
+    rows = _rows(RESULTS / "reproductions" / f"{name}.csv")
     if not rows:
         return None
-    lengths = [key for key in rows[0] if key.startswith("L")]
     parts = []
     for variant in sorted({r["variant"] for r in rows}):
         mine = [r for r in rows if r["variant"] == variant]
-        cells = ", ".join(
-            f"{key[1:]}: {statistics.median(float(r[key]) for r in mine):.1f}" for key in lengths
-        )
-        parts.append(f"{variant} ({len(mine)} seeds) {cells}")
+        seeds = len({r["seed"] for r in mine})
+        cells = []
+        for setting in dict.fromkeys(r["setting"] for r in mine):
+            at = [r for r in mine if r["setting"] == setting]
+
+            def median(key: str, at: list = at) -> float:
+                return statistics.median(float(r[key]) for r in at)
+
+            if "bit_errors" in at[0]:
+                wrong, chance = median("bit_errors"), median("chance")
+                cells.append(f"{setting}: {wrong:.1f} (chance {chance:.0f})")
+            else:
+                answers, queries = median("per_answer"), median("per_query")
+                cells.append(f"{setting}: {answers:.2f} / {queries:.2f}")
+        parts.append(f"{variant} ({seeds} seeds) " + ", ".join(cells))
     return "; ".join(parts)
 
 
+def babi_figure() -> str | None:
+    """Per stack: mean test error over tasks and failed tasks (above 5%), from
+    reproductions/babi.csv (experiments/benchmarks/reproduce_babi.py)."""
+    rows = _rows(RESULTS / "reproductions" / "babi.csv")
+    if not rows:
+        return None
+    parts = []
+    for variant in sorted({r["variant"] for r in rows}):
+        errors = [float(r["error"]) for r in rows if r["variant"] == variant]
+        failed = sum(e > 0.05 for e in errors)
+        parts.append(
+            f"{variant} {100 * statistics.fmean(errors):.1f}% ({failed} of {len(errors)} failed)"
+        )
+    return "; ".join(parts) + "; per task: experiments/results/reproductions/babi.md"
+
+
+def _reproduction(name: str, task: str, paper: str, unit: str, budget: str) -> dict:
+    return {
+        "task": task,
+        "paper": paper,
+        "ours": lambda: reproduction_figure(name),
+        "ours_unit": unit,
+        "seeds": "3",
+        "budget": budget,
+        "config": f"experiments/sweeps/repro_{name}.yaml",
+        "command": f"tiered sweep run experiments/sweeps/repro_{name}.yaml --out "
+        f"experiments/results/sweeps/repro_{name} --workers 2; python "
+        f"experiments/benchmarks/reproduce.py {name} experiments/results/sweeps/repro_{name}",
+    }
+
+
+BITS = "median wrong bits per sequence by test setting"
+TOKENS = "median accuracy per answer / per query by test setting"
+DNC = "LSTM 100 + dense RAM 128 x 20, 1 read head"
 ENTRIES = [
+    _reproduction(
+        "copy",
+        "Copy (NTM paper), trained on lengths 1..20",
+        "copies 'continue' as length grows; at 120 'a few more local errors and one global "
+        "error' (Graves et al. 2014, 4.1; example outputs, no error counts)",
+        BITS,
+        f"{DNC}; 2,000 steps of batch 16, Adam 1e-3 (the paper: batch 1, RMSProp)",
+    ),
+    _reproduction(
+        "repeat_copy",
+        "Repeat copy (NTM paper), trained on lengths 1..10, repeats 1..10",
+        "succeeds on longer sequences and more than ten repeats but 'is unable to keep "
+        "count' (Graves et al. 2014, 4.2; example outputs)",
+        BITS,
+        f"{DNC}; 600 steps of batch 32",
+    ),
+    _reproduction(
+        "recall",
+        "Associative recall (NTM paper), trained on 2..6 items",
+        "'nearly perfect for sequences of up to 12 items', below 1 bit per sequence at 15 "
+        "(Graves et al. 2014, 4.3; about 30,000 episodes)",
+        BITS,
+        f"{DNC}; 1,500 steps of batch 32",
+    ),
+    _reproduction(
+        "priority_sort",
+        "Priority sort (NTM paper), 20 inputs, the 16 highest sorted",
+        "NTMs 'substantially outperform LSTM' (Graves et al. 2014, 4.5; learning curves "
+        "only, no test figure)",
+        BITS,
+        f"{DNC}; 2,000 steps of batch 16",
+    ),
+    _reproduction(
+        "traversal",
+        "Graph traversal (DNC paper), random graphs of 5..10 nodes, 1..3 hops",
+        "98.8% on random seven-step traversals of the London Underground map after a "
+        "curriculum; the best LSTM 37% (Graves et al. 2016, Fig. 2)",
+        TOKENS,
+        f"{DNC}; 2,000 steps of batch 32, no curriculum",
+    ),
+    _reproduction(
+        "shortest_path",
+        "Shortest path (DNC paper), random graphs of 5..10 nodes",
+        "55.3% on all four-step shortest paths of the London Underground map after a "
+        "curriculum (Graves et al. 2016, Fig. 2)",
+        TOKENS,
+        f"{DNC}; 2,000 steps of batch 32, no curriculum",
+    ),
     {
-        "task": "Copy (NTM paper), memory 128 x 20, trained on lengths 1..20",
-        "paper": "near-perfect copies of lengths 30 and 50 and a few errors at 120 "
-        "(Graves et al. 2014, section 4.1: example outputs, no error counts)",
-        "ours": copy_figure,
-        "ours_unit": "median wrong bits per sequence by test length",
-        "seeds": "3 per variant",
-        "budget": "20,000 steps of batch 16, Adam 1e-3, LSTM 100 (the paper: batch 1, "
-        "RMSProp, about 10^6 sequences)",
-        "config": "experiments/sweeps/repro_copy.yaml",
-        "command": "tiered sweep run experiments/sweeps/repro_copy.yaml --out "
-        "experiments/results/sweeps/repro_copy --workers 2; python "
-        "experiments/benchmarks/reproduce_copy.py experiments/results/sweeps/repro_copy",
+        "task": "bAbI 1k, 20 tasks trained jointly",
+        "paper": "LSTM (1k, one model per task): mean error 51%, all 20 tasks above 5% (Weston et "
+        "al. 2015, Table 3); DNC 16.7 +- 7.6% and LSTM 27.3 +- 0.8% on the 10k split "
+        "(Graves et al. 2016, Extended Data Table 1)",
+        "ours": babi_figure,
+        "ours_unit": "mean test error over tasks, tasks above 5% error",
+        "seeds": "1 per stack",
+        "budget": "1,500 steps of batch 32 (about 8.5 epochs of the 1k split); DNC: LSTM 128 "
+        "+ dense RAM 64 x 32, 4 read heads; LSTM: 256 units",
+        "config": "experiments/babi/sweep.yaml",
+        "command": "tiered sweep run experiments/babi/sweep.yaml --out "
+        "experiments/results/sweeps/repro_babi --workers 2; python "
+        "experiments/benchmarks/reproduce_babi.py experiments/results/sweeps/repro_babi",
     },
     {
         "task": "The DNC's fixes, copy (trained on lengths 1..10, tested on 21..40), dense "
