@@ -28,7 +28,17 @@ def test_figures_are_read_from_the_results_files(tmp_path, monkeypatch):
     assert "not run yet" in table.render()
     (tmp_path / "reproductions").mkdir()
     (tmp_path / "reproductions" / "copy.csv").write_text(
-        "variant,seed,L10,L120\ndnc,0,0.5,30.0\ndnc,1,1.5,10.0\ndnc,2,1.0,20.0\n"
+        "variant,seed,setting,bit_errors,chance\n"
+        "dnc,0,L = 10,0.5,40\ndnc,0,L = 120,30.0,480\n"
+        "dnc,1,L = 10,1.5,40\ndnc,1,L = 120,10.0,480\n"
+        "dnc,2,L = 10,1.0,40\ndnc,2,L = 120,20.0,480\n"
+    )
+    (tmp_path / "reproductions" / "traversal.csv").write_text(
+        "variant,seed,setting,per_answer,per_query\n"
+        "dnc,0,small,0.9,0.5\ndnc,1,small,0.7,0.25\ndnc,2,small,0.8,0.75\n"
+    )
+    (tmp_path / "reproductions" / "babi.csv").write_text(
+        "variant,seed,task,error\nlstm,0,1,0.5\nlstm,0,2,0.01\ndnc,0,1,0.0\ndnc,0,2,0.2\n"
     )
     sweep = tmp_path / "sweeps" / "dnc_fixes_copy"
     sweep.mkdir(parents=True)
@@ -37,8 +47,10 @@ def test_figures_are_read_from_the_results_files(tmp_path, monkeypatch):
         "config=classic,0.25,0.05,3,0,0,0,100\nconfig=deallocate,,,0,0,0,3,\n"
     )
     text = table.render()
-    assert "dnc (3 seeds) 10: 1.0, 120: 20.0" in text  # medians over seeds
+    assert "dnc (3 seeds) L = 10: 1.0 (chance 40), L = 120: 20.0 (chance 480)" in text
+    assert "dnc (3 seeds) small: 0.80 / 0.50" in text  # medians over seeds
+    assert "dnc 10.0% (1 of 2 failed); lstm 25.5% (1 of 2 failed)" in text
     assert "classic 0.25 +- 0.05 (3 seeds)" in text and "deallocate" not in text
-    assert "1 of 3 entries are not run yet." in text  # recall has no report
+    assert "5 of 9 entries are not run yet." in text
     out = tmp_path / "results.md"
     assert table.main(["--out", str(out)]) == 0 and out.read_text() == text
