@@ -23,11 +23,18 @@ from torchmetrics import MetricCollection
 
 from tiered.controllers.base import Controller
 from tiered.metrics import BitErrorsPerSequence, SequenceExactMatch, TokenAccuracy, bit_errors
-from tiered.state import detach_state
+from tiered.synthetic import SyntheticGradient, vector_size
 from tiered.tasks.base import LOSSES, SequenceBatch
+from tiered.tbptt import TruncatedTraining, scored_count
 from tiered.tier import Tier
 from tiered.tiers.disk import Disk
-from tiered.validation import check_choice, check_non_negative_float, check_positive_int
+from tiered.validation import (
+    check_bool,
+    check_choice,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_positive_int,
+)
 
 # The per-step tier statistics logged as ``{stage}/{field}/{tier}``, each averaged over real
 # steps (``TierStats`` defines them).
@@ -53,12 +60,6 @@ def masked_loss_sum(logits: Tensor, targets: Tensor, mask: Tensor, loss: str) ->
     return (per_step * mask).sum()
 
 
-def scored_count(logits: Tensor, mask: Tensor, loss: str) -> Tensor:
-    """How many elements ``masked_loss_sum`` added: scored steps (times bits for bits)."""
-    count = mask.sum()
-    return count * logits.shape[-1] if loss == "bits" else count
-
-
 def _stage_metrics(loss: str, prefix: str) -> MetricCollection:
     if loss == "bits":
         metrics = {"bit_errors": BitErrorsPerSequence(), "exact_match": SequenceExactMatch()}
@@ -67,7 +68,7 @@ def _stage_metrics(loss: str, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
-class TieredModule(L.LightningModule):
+class TieredModule(TruncatedTraining, L.LightningModule):
     """Trains a controller composed of memory tiers on a sequence task.
 
     Args:
@@ -84,6 +85,18 @@ class TieredModule(L.LightningModule):
             backpropagates through whole sequences. With it, ``global_step`` (and so
             ``max_steps``) counts optimiser steps, one per window.
         scheduler_interval: step the scheduler every optimiser "step" or every "epoch".
+        synthetic_gradients: with ``tbptt_steps``, bridge each window's edge with a
+            synthetic gradient (Jaderberg et al. 2017): a small model, trained by its own
+            optimizer (the same kind), predicts the gradient beyond the window from the
+            controller's vector state there (register and reads; ``tiered.synthetic``).
+        synthetic_warmup: optimiser steps during which the gradient model is trained but
+            its prediction is not applied.
+        synthetic_scale: the factor on the prediction in each window's backward pass (its
+            training target always counts it in full).
+        synthetic_hidden: the gradient model's hidden width; 0 for a linear model.
+        synthetic_check_every: every this many training batches, log the cosine between
+            the predictions and the true gradients of full BPTT (``train/sg/cosine``; one
+            extra forward and backward pass); 0 never.
     """
 
     def __init__(
@@ -95,6 +108,11 @@ class TieredModule(L.LightningModule):
         gradient_clip_val: float | None = 10.0,
         tbptt_steps: int | None = None,
         scheduler_interval: str = "step",
+        synthetic_gradients: bool = False,
+        synthetic_warmup: int = 0,
+        synthetic_scale: float = 1.0,
+        synthetic_hidden: int = 0,
+        synthetic_check_every: int = 50,
     ) -> None:
         super().__init__()
         from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -129,6 +147,23 @@ class TieredModule(L.LightningModule):
             "TieredModule", "scheduler_interval", scheduler_interval, ("step", "epoch")
         )
         self.automatic_optimization = self.tbptt_steps is None
+        owner = "TieredModule"
+        self.synthetic: SyntheticGradient | None = None
+        if check_bool(owner, "synthetic_gradients", synthetic_gradients):
+            if self.tbptt_steps is None:
+                raise ValueError(
+                    "TieredModule: synthetic_gradients=True needs tbptt_steps (the windows "
+                    "whose edges it bridges), got tbptt_steps=None"
+                )
+            self.synthetic = SyntheticGradient(
+                vector_size(controller), check_non_negative_int(owner, "synthetic_hidden",
+                                                                synthetic_hidden)
+            )  # fmt: skip
+        self.synthetic_warmup = check_non_negative_int(owner, "synthetic_warmup", synthetic_warmup)
+        self.synthetic_scale = check_non_negative_float(owner, "synthetic_scale", synthetic_scale)
+        self.synthetic_check_every = check_non_negative_int(
+            owner, "synthetic_check_every", synthetic_check_every
+        )
         self.val_metrics = _stage_metrics(self.loss_kind, "val/")
         self.test_metrics = _stage_metrics(self.loss_kind, "test/")
 
@@ -258,64 +293,10 @@ class TieredModule(L.LightningModule):
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor | None:
         if self.tbptt_steps is None:
             return self._step(batch, "train")
+        every = self.synthetic_check_every if self.synthetic is not None else 0
+        if every and batch_idx % every == 0:
+            self._check_synthetic(batch)
         return self._tbptt_step(batch)
-
-    def _tbptt_step(self, batch: SequenceBatch) -> None:
-        """Optimise every ``tbptt_steps`` steps; the state is detached between windows."""
-        optimizer = self.optimizers()
-        state, sums, counts, last, errors = None, [], [], None, 0.0
-        penalty_totals: dict[str, Tensor] = {}
-        T = batch.inputs.shape[1]
-        whole_steps = batch.steps.sum().clamp_min(1)  # the penalties' denominator
-        for start in range(0, T, self.tbptt_steps):
-            window = SequenceBatch(*(t[:, start : start + self.tbptt_steps] for t in batch))
-            out = self.controller(window.inputs, state)
-            total, count, penalty_sums = self._losses(out, window)
-            # Each window's losses are its shares of the whole batch's means: the task loss
-            # over the batch's scored elements, the penalties over its real steps.
-            whole_count = scored_count(out.output, batch.mask, self.loss_kind).clamp_min(1)
-            loss = total / whole_count + sum(penalty_sums.values()) / whole_steps
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            if self.gradient_clip_val:
-                self.clip_gradients(optimizer, self.gradient_clip_val, "norm")
-            optimizer.step()
-            if self.scheduler_interval == "step":
-                self._step_scheduler()
-            state = detach_state(self._flush(out.state))
-            sums.append(total.detach())
-            counts.append(count)
-            if self.loss_kind == "bits":  # wrong bits per sequence add up across windows
-                errors = errors + bit_errors(out.output.detach(), window.targets, window.mask)
-            for name, value in penalty_sums.items():
-                penalty_totals[name] = penalty_totals.get(name, 0.0) + value.detach()
-            last = (out, window.steps)
-        task_loss = torch.stack(sums).sum() / torch.stack(counts).sum().clamp_min(1)
-        penalties = {name: value / whole_steps for name, value in penalty_totals.items()}
-        out, steps = last  # type: ignore[misc]
-        # Logged for the whole batch: the losses and penalties; for the last window: stats.
-        self._log_losses(
-            "train", task_loss + sum(p.detach() for p in penalties.values()), task_loss, batch
-        )
-        self._log_tiers("train", out.aux, penalties, steps)
-        if self.loss_kind == "bits":
-            self._log_train_bit_errors(errors)  # type: ignore[arg-type]
-
-    def _step_scheduler(self) -> None:
-        """Step the scheduler by hand (manual optimisation), with val/loss for plateaus."""
-        if self.scheduler_factory is None:
-            return
-        scheduler = self.lr_schedulers()
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            value = self.trainer.callback_metrics.get("val/loss")
-            if value is not None:
-                scheduler.step(value)
-        elif scheduler is not None:
-            scheduler.step()  # type: ignore[union-attr]
-
-    def on_train_epoch_end(self) -> None:
-        if self.tbptt_steps is not None and self.scheduler_interval == "epoch":
-            self._step_scheduler()
 
     def validation_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
@@ -332,15 +313,23 @@ class TieredModule(L.LightningModule):
 
     # ------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.controller.parameters())
+        if self.synthetic is not None:  # M has an optimizer of its own (the same kind)
+            optimizers = [optimizer, self.optimizer_factory(self.synthetic.parameters())]
+            if self.scheduler_factory is None:
+                return optimizers
+            return optimizers, [self._scheduler_config(optimizer)]
         if self.scheduler_factory is None:
             return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self._scheduler_config(optimizer)}
+
+    def _scheduler_config(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         scheduler = self.scheduler_factory(optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             # val/loss exists only after a validation: skip the steps before it.
             config.update(monitor="val/loss", strict=False)
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return config
 
     def configure_gradient_clipping(
         self,
