@@ -2,5 +2,14 @@
 
 from tiered.controllers.base import Controller
 from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, TierAux
+from tiered.controllers.two_clock import TwoClockController, TwoClockState
 
-__all__ = ["Controller", "ControllerOutput", "ControllerState", "LSTMController", "TierAux"]
+__all__ = [
+    "Controller",
+    "ControllerOutput",
+    "ControllerState",
+    "LSTMController",
+    "TierAux",
+    "TwoClockController",
+    "TwoClockState",
+]

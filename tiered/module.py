@@ -279,6 +279,14 @@ class TieredModule(TruncatedTraining, L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._announce_stage()
 
+    def on_after_backward(self) -> None:
+        """Log the loss of a ``TwoClockController``'s gradient model (``train/sg/slow_loss``),
+        summed over the backward passes of the step."""
+        pop = getattr(self.controller, "pop_synthetic_loss", None)
+        value = pop() if pop is not None else None
+        if value is not None:
+            self.log("train/sg/slow_loss", value)
+
     def on_validation_batch_start(
         self, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:

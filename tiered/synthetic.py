@@ -48,11 +48,13 @@ def with_state_vector(state: Any, vector: Tensor) -> Any:
 
 
 def vector_size(controller: Any) -> int:
-    """D for a controller with a ``register`` and tiers' ``reads_size`` (``LSTMController``)."""
-    if not (hasattr(controller, "register") and hasattr(controller, "reads_size")):
+    """D for an ``LSTMController``: 2 L S + R."""
+    from tiered.controllers.lstm import LSTMController
+
+    if not isinstance(controller, LSTMController):
         raise TypeError(
-            "synthetic gradients need a controller with a register and tier reads "
-            f"(tiered.controllers.LSTMController), got {type(controller).__name__}"
+            "synthetic gradients across windows need a tiered.controllers.LSTMController "
+            f"(its state vector: register and reads), got {type(controller).__name__}"
         )
     register = controller.register
     return 2 * register.num_layers * register.hidden_size + controller.reads_size

@@ -94,7 +94,7 @@ def test_the_state_vector_round_trips_and_covers_register_and_reads():
     rebuilt = with_state_vector(state, vector)
     assert torch.equal(state_vector(rebuilt), vector)
     assert rebuilt.tiers is state.tiers  # the tiers' own states are not part of it
-    with pytest.raises(TypeError, match="need a controller with a register"):
+    with pytest.raises(TypeError, match="need a tiered.controllers.LSTMController"):
         vector_size(torch.nn.Linear(2, 2))
 
 
