@@ -33,6 +33,7 @@ from tiered.validation import (
     check_choice,
     check_non_negative_float,
     check_non_negative_int,
+    check_positive_float,
     check_positive_int,
 )
 
@@ -94,6 +95,10 @@ class TieredModule(TruncatedTraining, L.LightningModule):
         synthetic_scale: the factor on the prediction in each window's backward pass (its
             training target always counts it in full).
         synthetic_hidden: the gradient model's hidden width; 0 for a linear model.
+        synthetic_lr: the learning rate of the gradient model's optimizer (otherwise the
+            module's kind and settings); None keeps the module's. Its outputs should move
+            by much less than the gradients it predicts (about 0.1 per sequence), so it
+            learns far more slowly than the model.
         synthetic_check_every: every this many training batches, log the cosine between
             the predictions and the true gradients of full BPTT (``train/sg/cosine``; one
             extra forward and backward pass); 0 never.
@@ -112,6 +117,7 @@ class TieredModule(TruncatedTraining, L.LightningModule):
         synthetic_warmup: int = 0,
         synthetic_scale: float = 1.0,
         synthetic_hidden: int = 0,
+        synthetic_lr: float | None = 1e-4,
         synthetic_check_every: int = 50,
     ) -> None:
         super().__init__()
@@ -161,6 +167,11 @@ class TieredModule(TruncatedTraining, L.LightningModule):
             )  # fmt: skip
         self.synthetic_warmup = check_non_negative_int(owner, "synthetic_warmup", synthetic_warmup)
         self.synthetic_scale = check_non_negative_float(owner, "synthetic_scale", synthetic_scale)
+        self.synthetic_lr = (
+            None
+            if synthetic_lr is None
+            else check_positive_float(owner, "synthetic_lr", synthetic_lr)
+        )
         self.synthetic_check_every = check_non_negative_int(
             owner, "synthetic_check_every", synthetic_check_every
         )
@@ -323,7 +334,10 @@ class TieredModule(TruncatedTraining, L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.controller.parameters())
         if self.synthetic is not None:  # M has an optimizer of its own (the same kind)
-            optimizers = [optimizer, self.optimizer_factory(self.synthetic.parameters())]
+            synthetic = self.optimizer_factory(self.synthetic.parameters())
+            for group in synthetic.param_groups if self.synthetic_lr is not None else ():
+                group["lr"] = self.synthetic_lr
+            optimizers = [optimizer, synthetic]
             if self.scheduler_factory is None:
                 return optimizers
             return optimizers, [self._scheduler_config(optimizer)]

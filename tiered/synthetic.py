@@ -19,7 +19,7 @@ R the tiers' read sizes summed.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -90,34 +90,28 @@ class SyntheticGradient(nn.Module):
         return self.net(vector)
 
 
-class Window(NamedTuple):
-    """What one window of synthetic-gradient training leaves for the next.
-
-    Attributes:
-        prediction: (B, D) M's prediction at this window's end, with a graph into M's
-            parameters only (its input is detached); None after a sequence's last window.
-        leaf: (B, D) the next window's start vector, a leaf whose ``grad`` after the next
-            backward pass is the true (bootstrapped) gradient there; None likewise.
-        state: the next window's start state, built from ``leaf``.
-    """
-
-    prediction: Tensor | None
-    leaf: Tensor | None
-    state: Any
-
-
 def start_state(state: Any) -> tuple[Any, Tensor]:
     """A window's start state built from a fresh leaf vector (the state must be detached)."""
     leaf = state_vector(state).detach().requires_grad_(True)
     return with_state_vector(state, leaf), leaf
 
 
-def synthetic_term(end_state: Any, model: SyntheticGradient) -> tuple[Tensor, Tensor]:
-    """(term, prediction): ``term`` = sum <h_T, stop_gradient(M(h_T))>, a scalar whose
-    gradient with respect to the window's end vector h_T is the prediction (B, D)."""
+def synthetic_term(
+    end_state: Any, model: SyntheticGradient, unit: float | Tensor = 1.0
+) -> tuple[Tensor, Tensor]:
+    """(term, end): ``term`` = sum <h_T, stop_gradient(M(h_T))> / ``unit``, a scalar whose
+    gradient with respect to the window's end vector h_T is the prediction (B, D) divided by
+    ``unit``; ``end`` is h_T detached.
+
+    ``unit`` is the loss's normaliser (the batch's scored elements when the loss is their
+    mean): M predicts gradients of the summed loss, so its targets stay near 1 whatever the
+    batch and sequence sizes (an optimiser such as Adam moves M's outputs by about its
+    learning rate per step, far more than a mean's gradients of about 1e-4)."""
     vector = state_vector(end_state)
-    prediction = model(vector.detach())
-    return (vector * prediction.detach()).sum(), prediction
+    end = vector.detach()
+    with torch.no_grad():
+        prediction = model(end)
+    return (vector * prediction).sum() / unit, end
 
 
 def predictor_loss(prediction: Tensor, target: Tensor) -> Tensor:
@@ -174,7 +168,13 @@ def future_gradients(
 
 
 def inject(
-    loss: Tensor, end_state: Any, leaf: Tensor | None, model: SyntheticGradient, applied: float
+    loss: Tensor,
+    end_state: Any,
+    leaf: Tensor | None,
+    model: SyntheticGradient,
+    applied: float,
+    discount: float = 1.0,
+    unit: float | Tensor = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Add ``applied`` times the synthetic gradient at a window's end to its loss.
 
@@ -184,28 +184,31 @@ def inject(
         leaf: the window's start vector (``start_state``), or None for a sequence's first.
         model: M.
         applied: the factor on the prediction in the backward pass (0 in warm-up).
+        discount: the factor on the prediction in the training target of the previous
+            window's prediction (the bootstrap), whether or not it is applied.
+        unit: the loss's normaliser (``synthetic_term``).
 
     Returns:
-        (loss, prediction, bootstrap): the loss with the synthetic term; M's prediction
-        (B, D); and, when ``applied`` is not 1 and there is a leaf, the part of the start
-        gradient that the unscaled prediction adds (what the target needs besides the
-        leaf's gradient), else None.
+        (loss, end, bootstrap): the loss with the synthetic term; the end vector (B, D),
+        detached, from which M's prediction is made again when its target is known (M may
+        have been stepped in between); and, when ``applied`` differs from ``discount`` and
+        there is a leaf, what the target needs besides the leaf's gradient, else None.
     """
-    term, prediction = synthetic_term(end_state, model)
+    term, end = synthetic_term(end_state, model, unit)
     bootstrap = None
-    if leaf is not None and applied != 1.0:
+    if leaf is not None and applied != discount:
         (bootstrap,) = torch.autograd.grad(term, leaf, retain_graph=True, allow_unused=True)
         bootstrap = torch.zeros_like(leaf) if bootstrap is None else bootstrap
-        bootstrap = (1.0 - applied) * bootstrap
-    return loss + applied * term, prediction, bootstrap
+        bootstrap = (discount - applied) * bootstrap
+    return loss + applied * term, end, bootstrap
 
 
-def target(leaf: Tensor, bootstrap: Tensor | None) -> Tensor:
+def target(leaf: Tensor, bootstrap: Tensor | None, unit: float | Tensor = 1.0) -> Tensor:
     """The bootstrapped target for the previous window's prediction: the true gradient at
-    this window's start (its ``grad`` after backward) with this window's own prediction
-    counted in full."""
+    this window's start (its ``grad`` after backward), with this window's own prediction
+    counted with the discount (``inject``); times ``unit``, M's scale."""
     grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-    return grad if bootstrap is None else grad + bootstrap
+    return (grad if bootstrap is None else grad + bootstrap) * unit
 
 
 def check_cosine(

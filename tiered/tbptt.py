@@ -43,8 +43,10 @@ class TruncatedTraining:
         penalty_totals: dict[str, Tensor] = {}
         T = batch.inputs.shape[1]
         whole_steps = batch.steps.sum().clamp_min(1)  # the penalties' denominator
-        pending, sg_losses = None, []  # the last window's prediction; M's losses
+        pending, sg_losses = None, []  # the last window's end vector; M's losses
         applied = self.synthetic_scale if self.global_step >= self.synthetic_warmup else 0.0
+        # M's scale: gradients of the batch's summed task loss (tiered.synthetic)
+        unit = scored_count(batch.targets, batch.mask, self.loss_kind).clamp_min(1).item()
         for start in range(0, T, self.tbptt_steps):
             window = SequenceBatch(*(t[:, start : start + self.tbptt_steps] for t in batch))
             leaf = None
@@ -52,9 +54,11 @@ class TruncatedTraining:
                 state, leaf = start_state(state)
             out = self.controller(window.inputs, state)
             loss, total, count, penalty_sums = self._window_loss(out, window, batch)
-            prediction, bootstrap = None, None
+            end, bootstrap = None, None
             if self.synthetic is not None and start + self.tbptt_steps < T:
-                loss, prediction, bootstrap = inject(loss, out.state, leaf, self.synthetic, applied)
+                loss, end, bootstrap = inject(
+                    loss, out.state, leaf, self.synthetic, applied, self.synthetic_scale, unit
+                )
             optimizer.zero_grad()
             self.manual_backward(loss)
             if self.gradient_clip_val:
@@ -65,11 +69,11 @@ class TruncatedTraining:
                 # global_step, which counts the controller's (one per window).
                 raw = sg_optimizer.optimizer
                 raw.zero_grad()
-                sg_loss = predictor_loss(pending, target(leaf, bootstrap))
+                sg_loss = predictor_loss(self.synthetic(pending), target(leaf, bootstrap, unit))
                 sg_loss.backward()
                 raw.step()
                 sg_losses.append(sg_loss.detach())
-            pending = prediction
+            pending = end
             if self.scheduler_interval == "step":
                 self._step_scheduler()
             state = detach_state(self._flush(out.state))

@@ -43,6 +43,14 @@ def check_non_negative_float(owner: str, field: str, value: object) -> float:
     return value
 
 
+def check_positive_float(owner: str, field: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite number > 0, else raise."""
+    value = check_non_negative_float(owner, field, value)
+    if value == 0.0:
+        raise ValueError(f"{owner}: {field} must be a finite number > 0, got {value}")
+    return value
+
+
 def check_unit_interval(owner: str, field: str, value: object) -> float:
     """Return ``value`` as a float if it lies in [0, 1], else raise."""
     value = check_non_negative_float(owner, field, value)

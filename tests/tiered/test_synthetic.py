@@ -120,7 +120,7 @@ def test_the_gradient_model_starts_at_zero_and_checks_its_sizes():
         SyntheticGradient(0)
 
 
-def test_the_target_counts_the_prediction_in_full_whatever_the_applied_scale():
+def test_the_target_discounts_the_next_prediction_whatever_is_applied():
     controller = _controller()
     model = SyntheticGradient(vector_size(controller)).double()
     torch.nn.init.normal_(model.net[-1].weight)
@@ -128,17 +128,27 @@ def test_the_target_counts_the_prediction_in_full_whatever_the_applied_scale():
     window_loss = _loss(torch.randn(2, 6, 3, dtype=torch.float64))
     with torch.no_grad():
         first = controller(x[:, :3])
-    targets = {}
-    for applied in (1.0, 0.3, 0.0):
+
+    def second_window(applied, discount, unit):
         state, leaf = start_state(first.state)
         out = controller(x[:, 3:], state)
-        loss, prediction, bootstrap = inject(window_loss(out, 3), out.state, leaf, model, applied)
-        assert (bootstrap is None) == (applied == 1.0)
+        loss, end, bootstrap = inject(
+            window_loss(out, 3), out.state, leaf, model, applied, discount, unit
+        )
+        assert (bootstrap is None) == (applied == discount)
+        assert not end.requires_grad and torch.equal(end, state_vector(out.state))
         loss.backward()
-        targets[applied] = target(leaf, bootstrap)
-        assert prediction.requires_grad and prediction.shape == leaf.shape
-    torch.testing.assert_close(targets[0.3], targets[1.0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(targets[0.0], targets[1.0], rtol=1e-12, atol=1e-12)
+        return target(leaf, bootstrap, unit)
+
+    for discount in (1.0, 0.4):
+        targets = [second_window(applied, discount, 1.0) for applied in (discount, 0.3, 0.0)]
+        for other in targets[1:]:
+            torch.testing.assert_close(other, targets[0], rtol=1e-12, atol=1e-12)
+    # The target is unit times the window's own gradient plus the discounted J^T M(h_T).
+    bootstrap = second_window(0.0, 1.0, 1.0) - second_window(0.0, 0.0, 1.0)
+    own = second_window(0.0, 0.0, 1.0)
+    torch.testing.assert_close(second_window(0.0, 1.0, 4.0), 4 * own + bootstrap)
+    torch.testing.assert_close(second_window(1.0, 1.0, 4.0), 4 * own + bootstrap)
 
 
 def test_cosine_of_gradients():
@@ -225,7 +235,8 @@ def test_register_only_perfect_predictor_equals_full_bptt_in_the_module():
         return windowed._window_loss(out, window, batch)[0]
 
     ends, true = future_gradients(windowed.controller, batch.inputs, 2, window_loss)
-    windowed.synthetic = _Oracle(ends, true)
+    unit = batch.mask.sum() * batch.targets.shape[-1]  # M predicts the summed loss's gradient
+    windowed.synthetic = _Oracle(ends, [g * unit for g in true])
     trainer = L.Trainer(max_steps=5, **QUIET)
     trainer.fit(windowed, _OneBatch(batch))
     assert trainer.global_step == 5  # M's optimiser steps are not counted
@@ -263,6 +274,8 @@ def test_bad_synthetic_options_are_named():
         _module(batch, tbptt_steps=2, synthetic_gradients=True, synthetic_warmup=-1)
     with pytest.raises(ValueError, match="synthetic_scale"):
         _module(batch, tbptt_steps=2, synthetic_gradients=True, synthetic_scale=-0.5)
+    with pytest.raises(ValueError, match="synthetic_lr must be a finite number > 0, got 0.0"):
+        _module(batch, tbptt_steps=2, synthetic_gradients=True, synthetic_lr=0.0)
     assert _module(batch, tbptt_steps=2).synthetic is None  # off: no gradient model
 
 
@@ -270,7 +283,7 @@ def test_checkpoints_round_trip_the_gradient_model_and_its_optimizer(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     batch = _batch(torch.float32)
-    module = _module(batch, tbptt_steps=3, synthetic_gradients=True)
+    module = _module(batch, tbptt_steps=3, synthetic_gradients=True, synthetic_hidden=5)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = L.Trainer(max_steps=6, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[checkpoint])  # fmt: skip
@@ -279,6 +292,7 @@ def test_checkpoints_round_trip_the_gradient_model_and_its_optimizer(tmp_path):
     assert len(saved["optimizer_states"]) == 2  # the controller's and M's
     keys = [k for k in saved["state_dict"] if k.startswith("synthetic.")]
     assert keys and all(k in module.state_dict() for k in keys)
+    assert saved["optimizer_states"][1]["param_groups"][0]["lr"] == 1e-4  # synthetic_lr
     loaded = TieredModule.load_from_checkpoint(
         tmp_path / "last.ckpt", controller=_module(batch).controller
     )
