@@ -115,6 +115,8 @@ class TruncatedTraining:
             self._announce_stage()
         if not torch.isnan(value):
             self.log("train/sg/cosine", value, batch_size=len(batch.inputs))
+            for logger in self.trainer.loggers:  # written now, whatever log_every_n_steps
+                logger.log_metrics({"train/sg/cosine": float(value)}, step=self.global_step)
 
     def _step_scheduler(self) -> None:
         """Step the scheduler by hand (manual optimisation), with val/loss for plateaus."""
