@@ -1,10 +1,12 @@
 """Controllers that compose a Register and memory tiers."""
 
+from tiered.controllers.act import ACTController
 from tiered.controllers.base import Controller
 from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, TierAux
 from tiered.controllers.two_clock import TwoClockController, TwoClockState
 
 __all__ = [
+    "ACTController",
     "Controller",
     "ControllerOutput",
     "ControllerState",

@@ -222,6 +222,8 @@ class TieredModule(TruncatedTraining, L.LightningModule):
                 if checked.item() > 0:  # a batch with a sampled step: recall@k found there
                     found = (record.recall_hits.detach() * mask).sum()
                     values[f"{stage}/recall/{name}"] = found / checked
+        if "ponder" in aux:  # an ACTController: the internal steps per input
+            values[f"{stage}/ponder_steps"] = values[f"{stage}/write_mass/ponder"]
         self.log_dict(
             values, on_step=on_step, on_epoch=not on_step, batch_size=B, sync_dist=not on_step
         )

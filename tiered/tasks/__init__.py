@@ -6,14 +6,17 @@ from tiered.tasks.copy import Copy, RepeatCopy
 from tiered.tasks.graph import ShortestPath, Traversal
 from tiered.tasks.kv_recall import KeyValueRecall
 from tiered.tasks.lookup import KeyValueLookup
+from tiered.tasks.ponder import Addition, Parity
 from tiered.tasks.recall import AssociativeRecall, PrioritySort
 
 __all__ = [
+    "Addition",
     "AssociativeRecall",
     "BAbI",
     "Copy",
     "KeyValueLookup",
     "KeyValueRecall",
+    "Parity",
     "PrioritySort",
     "RepeatCopy",
     "SequenceBatch",
