@@ -1,4 +1,5 @@
-"""Curricula: Callbacks that raise a task's difficulty while it trains.
+"""Curricula: Callbacks that set a task's difficulty while it trains: a threshold that
+raises it, and a bandit that chooses it for every batch (Exp3.S).
 
 The difficulty is a ``[low, high]`` range attribute of the task (``items`` of
 ``KeyValueRecall`` and ``AssociativeRecall``, ``lengths`` of ``Copy``), changed in place:
@@ -13,6 +14,8 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -151,3 +154,210 @@ class ThresholdCurriculum(Callback):
         level = state_dict.get("level")
         self.level = None if level is None else (int(level[0]), int(level[1]))
         self.raises = [(int(s), int(h)) for s, h in state_dict.get("raises", [])]
+
+
+def exp3s_probabilities(weights: np.ndarray, epsilon: float) -> np.ndarray:
+    """The Exp3.S policy: (1 - epsilon) softmax(weights) + epsilon / K."""
+    shifted = np.exp(weights - weights.max())
+    return (1.0 - epsilon) * shifted / shifted.sum() + epsilon / len(weights)
+
+
+def exp3s_update(
+    weights: np.ndarray, arm: int, reward: float, probability: float, eta: float, alpha: float
+) -> np.ndarray:
+    """One Exp3.S step (Graves et al. 2017, after Auer et al. 2002): the importance-weighted
+    reward ``reward / probability`` of the arm played, then a share ``alpha`` of every arm's
+    weight spread over the others (which keeps the bandit able to follow a changing best
+    arm). In logs: w_i <- log((1 - alpha) e^{w_i + eta r_i} + alpha / (K - 1) sum_{j != i}
+    e^{w_j + eta r_j}), computed shifted by the largest weight."""
+    K = len(weights)
+    gained = weights.astype(np.float64).copy()
+    gained[arm] += eta * reward / probability
+    top = gained.max()
+    scaled = np.exp(gained - top)
+    if K == 1:
+        return gained
+    others = (scaled.sum() - scaled) / (K - 1)
+    return top + np.log((1.0 - alpha) * scaled + alpha * others)
+
+
+def scaled_reward(reward: float, history: list[float], low: float = 0.2, high: float = 0.8):
+    """A raw reward mapped to [-1, 1] by the ``low`` and ``high`` quantiles of the rewards
+    seen so far (Graves et al. 2017): below the low quantile -1, above the high one 1."""
+    q_low, q_high = np.quantile(np.asarray(history, dtype=np.float64), [low, high])
+    if q_high <= q_low:
+        return 0.0
+    return float(np.clip(2.0 * (reward - q_low) / (q_high - q_low) - 1.0, -1.0, 1.0))
+
+
+class BanditCurriculum(Callback):
+    """An automatic curriculum (Graves et al. 2017, "Automated Curriculum Learning for Neural
+    Networks"): an Exp3.S bandit chooses the difficulty of every training batch, rewarded by
+    the learning progress the batch brought.
+
+    The arms are ``levels``, [low, high] values of the task's range attribute ``field``
+    (``lengths`` of Copy, ``repeats`` of RepeatCopy, ``items``, ``nodes``, ``nonzero``...).
+    Each training batch is drawn at the level chosen for it, without rebuilding the
+    datamodule; the range is then set back to the task's own (validation uses it, so it stays
+    fixed). The reward, mapped to [-1, 1] by the quantiles of the rewards seen so far, is
+    ``"prediction_gain"`` (the batch's task loss before the update minus after it: two extra
+    forward passes per batch) or ``"gradient_gain"`` (the squared norm of the batch's
+    gradient, summed over its optimiser steps: no extra pass). Logged per batch:
+    ``curriculum/<field>_arm``, ``curriculum/reward``, and the expected top of the range
+    under the policy, ``curriculum/<field>_expected``. The weights, the reward history and
+    the arms of batches drawn but not yet trained on are saved in checkpoints, so a resumed
+    run continues the same curriculum (each batch's choice is a function of the seed, the
+    batch index and the weights).
+
+    Args:
+        field: the task's range attribute that the levels set.
+        levels: the arms, each a [low, high] range, easiest first.
+        reward: "prediction_gain" or "gradient_gain".
+        eta: the bandit's step size.
+        epsilon: the share of uniform exploration in the policy.
+        alpha: the share of weight passed between arms at each step (Exp3.S's switching).
+        history: how many raw rewards the quantiles are taken over (the latest).
+        seed: the seed of the bandit's choices.
+    """
+
+    REWARDS = ("prediction_gain", "gradient_gain")
+
+    def __init__(
+        self,
+        field: str,
+        levels: list[tuple[int, int]],
+        reward: str = "prediction_gain",
+        eta: float = 0.1,
+        epsilon: float = 0.05,
+        alpha: float = 1e-3,
+        history: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        owner = "BanditCurriculum"
+        if not isinstance(levels, (list, tuple)) or len(levels) < 2:
+            raise ValueError(f"{owner}: levels must list at least 2 [low, high] ranges, got "
+                             f"{levels!r}")  # fmt: skip
+        if reward not in self.REWARDS:
+            raise ValueError(f"{owner}: reward must be one of {list(self.REWARDS)}, got {reward!r}")
+        for name, value, low, high in (("eta", eta, 0.0, math.inf), ("epsilon", epsilon, 0.0, 1.0),
+                                       ("alpha", alpha, 0.0, 1.0)):  # fmt: skip
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (low <= value <= high and (name != "eta" or value > 0))
+            ):
+                raise ValueError(f"{owner}: {name} must be in [{low}, {high}], got {value!r}")
+        self.field, self.reward = field, reward
+        self.levels = [tuple(int(v) for v in level) for level in levels]
+        self.eta, self.epsilon, self.alpha = float(eta), float(epsilon), float(alpha)
+        self.history_size = check_positive_int(owner, "history", history)
+        self.seed = int(seed)
+        self.weights = np.zeros(len(self.levels))
+        self.history: list[float] = []
+        self.pending: dict[int, tuple[int, float]] = {}  # batch index -> (arm, probability)
+        self._order: list[int] = []  # indices drawn, in order (training consumes them so)
+        self._task: Any = None
+        self._before: float | None = None
+        self._gradient = 0.0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(field=self.field, levels=self.levels)
+
+    def probabilities(self) -> np.ndarray:
+        """The policy now, one probability per level."""
+        return exp3s_probabilities(self.weights, self.epsilon)
+
+    def choose(self, index: int) -> tuple[int, float]:
+        """The arm and its probability for training batch ``index`` (a function of the
+        seed, the index and the weights now; an arm chosen before is kept)."""
+        if index not in self.pending:
+            policy = self.probabilities()
+            arm = int(np.random.default_rng([self.seed, index]).choice(len(policy), p=policy))
+            self.pending[index] = (arm, float(policy[arm]))
+        return self.pending[index]
+
+    # ------------------------------------------------------------------ drawing batches
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        task = trainer.datamodule
+        if task is None or not hasattr(task, "make_batch"):
+            raise ValueError("BanditCurriculum: the Trainer has no task datamodule")
+        if getattr(task, "num_workers", 0):
+            raise ValueError(
+                f"BanditCurriculum: the task has num_workers={task.num_workers}; workers draw "
+                "batches from their own copy of the task and the bandit's choices would not "
+                "reach them: use num_workers=0"
+            )
+        for level in self.levels:
+            try:
+                task.check_difficulty(self.field, level)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"BanditCurriculum: field={self.field!r}: {error}") from None
+        if self._task is not task:
+            draw = task.make_batch
+
+            def make_batch(split: str, index: int) -> Any:
+                if split != "train":
+                    return draw(split, index)
+                arm, _ = self.choose(index)
+                own = getattr(task, self.field)
+                setattr(task, self.field, self.levels[arm])
+                try:
+                    return draw(split, index)
+                finally:
+                    setattr(task, self.field, own)
+                    self._order.append(index)
+
+            task.make_batch = make_batch  # this task object's batches pass through the bandit
+            self._task = task
+
+    # ------------------------------------------------------------------ rewards
+    def _task_loss(self, pl_module: Any, batch: Any) -> float:
+        with torch.no_grad():
+            out = pl_module.controller(batch.inputs)
+            total, count, _ = pl_module._losses(out, batch)
+        return float(total / count.clamp_min(1))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:  # fmt: skip
+        self._gradient = 0.0
+        self._before = (
+            self._task_loss(pl_module, batch) if self.reward == "prediction_gain" else None
+        )
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+        if self.reward == "gradient_gain":
+            self._gradient += float(sum(p.grad.pow(2).sum() for p in pl_module.parameters()
+                                        if p.grad is not None))  # fmt: skip
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        if not self._order:
+            return
+        index = self._order.pop(0)
+        arm, probability = self.pending.pop(index)
+        if self.reward == "prediction_gain":
+            raw = self._before - self._task_loss(pl_module, batch)  # type: ignore[operator]
+        else:
+            raw = self._gradient
+        self.history = [*self.history, raw][-self.history_size :]
+        reward = scaled_reward(raw, self.history)
+        self.weights = exp3s_update(self.weights, arm, reward, probability, self.eta, self.alpha)
+        policy = self.probabilities()
+        expected = float(sum(p * level[1] for p, level in zip(policy, self.levels, strict=True)))
+        pl_module.log_dict({f"curriculum/{self.field}_arm": float(arm), "curriculum/reward": reward,
+                            f"curriculum/{self.field}_expected": expected},
+                           on_step=True, on_epoch=False, batch_size=1)  # fmt: skip
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights.tolist(), "history": list(self.history),
+                "pending": {str(k): list(v) for k, v in self.pending.items()},
+                "order": list(self._order)}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.weights = np.asarray(state_dict["weights"], dtype=np.float64)
+        self.history = [float(r) for r in state_dict.get("history", [])]
+        self.pending = {int(k): (int(v[0]), float(v[1]))
+                        for k, v in state_dict.get("pending", {}).items()}  # fmt: skip
+        self._order = []  # a resumed loader draws its batches again (their arms are kept)
