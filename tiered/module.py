@@ -91,14 +91,16 @@ class TieredModule(TruncatedTraining, L.LightningModule):
             optimizer (the same kind), predicts the gradient beyond the window from the
             controller's vector state there (register and reads; ``tiered.synthetic``).
         synthetic_warmup: optimiser steps during which the gradient model is trained but
-            its prediction is not applied.
-        synthetic_scale: the factor on the prediction in each window's backward pass (its
-            training target always counts it in full).
+            its prediction is not applied (checked at each batch's start, so the last
+            warm-up batch runs to its end).
+        synthetic_scale: the factor on the prediction in each window's backward pass, and
+            the discount on the next prediction in the gradient model's target.
         synthetic_hidden: the gradient model's hidden width; 0 for a linear model.
         synthetic_lr: the learning rate of the gradient model's optimizer (otherwise the
             module's kind and settings); None keeps the module's. Its outputs should move
             by much less than the gradients it predicts (about 0.1 per sequence), so it
-            learns far more slowly than the model.
+            learns far more slowly than the model. It is also the learning rate of a
+            ``TwoClockController``'s gradient model (a parameter group of its own).
         synthetic_check_every: every this many training batches, log the cosine between
             the predictions and the true gradients of full BPTT (``train/sg/cosine``; one
             extra forward and backward pass); 0 never.
@@ -292,9 +294,9 @@ class TieredModule(TruncatedTraining, L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._announce_stage()
 
-    def on_after_backward(self) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Log the loss of a ``TwoClockController``'s gradient model (``train/sg/slow_loss``),
-        summed over the backward passes of the step."""
+        summed over the backward passes of the batch (every window's, with TBPTT)."""
         pop = getattr(self.controller, "pop_synthetic_loss", None)
         value = pop() if pop is not None else None
         if value is not None:
@@ -334,8 +336,15 @@ class TieredModule(TruncatedTraining, L.LightningModule):
 
     # ------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.controller.parameters())
+        params: Any = self.controller.parameters()
+        slow = getattr(self.controller, "synthetic", None)  # a TwoClockController's M
+        if isinstance(slow, torch.nn.Module) and self.synthetic_lr is not None:
+            own = {id(p) for p in slow.parameters()}
+            params = [{"params": [p for p in self.controller.parameters() if id(p) not in own]},
+                      {"params": list(slow.parameters()), "lr": self.synthetic_lr}]  # fmt: skip
+        optimizer = self.optimizer_factory(params)
         if self.synthetic is not None:  # M has an optimizer of its own (the same kind)
+            self._check_synthetic_setup()
             synthetic = self.optimizer_factory(self.synthetic.parameters())
             for group in synthetic.param_groups if self.synthetic_lr is not None else ():
                 group["lr"] = self.synthetic_lr
@@ -346,6 +355,25 @@ class TieredModule(TruncatedTraining, L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self._scheduler_config(optimizer)}
+
+    def _check_synthetic_setup(self) -> None:
+        """Refuse what synthetic gradients across windows do not support: several processes
+        (M is stepped outside DDP's all-reduce) and a gradient scaler (16-bit mixed
+        precision scales the true gradients that M's target is made of)."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        if trainer.world_size > 1:
+            raise ValueError(
+                f"TieredModule: synthetic_gradients=True runs in one process, got "
+                f"world_size={trainer.world_size}; train with devices=1"
+            )
+        if str(trainer.precision).startswith("16"):
+            raise ValueError(
+                f"TieredModule: synthetic_gradients=True does not support "
+                f"precision={trainer.precision!r} (its gradient scaler); use '32-true', "
+                "'64-true' or 'bf16-mixed'"
+            )
 
     def _scheduler_config(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         scheduler = self.scheduler_factory(optimizer)

@@ -97,7 +97,10 @@ def start_state(state: Any) -> tuple[Any, Tensor]:
 
 
 def synthetic_term(
-    end_state: Any, model: SyntheticGradient, unit: float | Tensor = 1.0
+    end_state: Any,
+    model: SyntheticGradient,
+    unit: float | Tensor = 1.0,
+    alive: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(term, end): ``term`` = sum <h_T, stop_gradient(M(h_T))> / ``unit``, a scalar whose
     gradient with respect to the window's end vector h_T is the prediction (B, D) divided by
@@ -106,17 +109,23 @@ def synthetic_term(
     ``unit`` is the loss's normaliser (the batch's scored elements when the loss is their
     mean): M predicts gradients of the summed loss, so its targets stay near 1 whatever the
     batch and sequence sizes (an optimiser such as Adam moves M's outputs by about its
-    learning rate per step, far more than a mean's gradients of about 1e-4)."""
+    learning rate per step, far more than a mean's gradients of about 1e-4). ``alive`` (B,)
+    bool keeps the prediction only for the sequences with scored steps after the edge (a
+    finished sequence, padded, has no future: its true gradient there is 0)."""
     vector = state_vector(end_state)
     end = vector.detach()
     with torch.no_grad():
         prediction = model(end)
+        if alive is not None:
+            prediction = prediction * alive[:, None].to(prediction.dtype)
     return (vector * prediction).sum() / unit, end
 
 
-def predictor_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """Squared error of a prediction (B, D) against its target, summed over D, mean over B."""
-    return (prediction - target.detach()).pow(2).sum(-1).mean()
+def predictor_loss(prediction: Tensor, target: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Squared error of a prediction (B, D) against its target, summed over D, mean over the
+    ``rows`` (B,) bool kept (all by default)."""
+    error = (prediction - target.detach()).pow(2).sum(-1)
+    return error.mean() if rows is None else error[rows].mean()
 
 
 def cosine(prediction: Tensor, target: Tensor) -> Tensor:
@@ -175,6 +184,7 @@ def inject(
     applied: float,
     discount: float = 1.0,
     unit: float | Tensor = 1.0,
+    alive: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Add ``applied`` times the synthetic gradient at a window's end to its loss.
 
@@ -187,6 +197,7 @@ def inject(
         discount: the factor on the prediction in the training target of the previous
             window's prediction (the bootstrap), whether or not it is applied.
         unit: the loss's normaliser (``synthetic_term``).
+        alive: (B,) the sequences with scored steps after this edge (``synthetic_term``).
 
     Returns:
         (loss, end, bootstrap): the loss with the synthetic term; the end vector (B, D),
@@ -194,7 +205,7 @@ def inject(
         have been stepped in between); and, when ``applied`` differs from ``discount`` and
         there is a leaf, what the target needs besides the leaf's gradient, else None.
     """
-    term, end = synthetic_term(end_state, model, unit)
+    term, end = synthetic_term(end_state, model, unit, alive)
     bootstrap = None
     if leaf is not None and applied != discount:
         (bootstrap,) = torch.autograd.grad(term, leaf, retain_graph=True, allow_unused=True)
@@ -215,11 +226,12 @@ def check_cosine(
     controller: Any, inputs: Tensor, window: int, window_loss: Any, model: SyntheticGradient
 ) -> Tensor:
     """Mean cosine, over the window ends of one batch, between M's predictions and the true
-    gradients of full BPTT (``future_gradients``); NaN for a sequence of one window."""
+    gradients of full BPTT (``future_gradients``); NaN for a sequence of one window or while
+    M predicts zero everywhere."""
     ends, gradients = future_gradients(controller, inputs, window, window_loss)
-    if not ends:
-        return inputs.new_full((), float("nan"))
     with torch.no_grad():
-        return torch.stack(
-            [cosine(model(e), g) for e, g in zip(ends, gradients, strict=True)]
-        ).mean()
+        predictions = [model(e) for e in ends]
+    if not ends or not any(bool(p.any()) for p in predictions):  # nothing to compare yet
+        return inputs.new_full((), float("nan"))
+    pairs = zip(predictions, gradients, strict=True)
+    return torch.stack([cosine(p, g) for p, g in pairs]).mean()

@@ -43,7 +43,7 @@ class TruncatedTraining:
         penalty_totals: dict[str, Tensor] = {}
         T = batch.inputs.shape[1]
         whole_steps = batch.steps.sum().clamp_min(1)  # the penalties' denominator
-        pending, sg_losses = None, []  # the last window's end vector; M's losses
+        pending, sg_losses = None, []  # the last edge's (end vector, alive rows); M's losses
         applied = self.synthetic_scale if self.global_step >= self.synthetic_warmup else 0.0
         # M's scale: gradients of the batch's summed task loss (tiered.synthetic)
         unit = scored_count(batch.targets, batch.mask, self.loss_kind).clamp_min(1).item()
@@ -54,26 +54,29 @@ class TruncatedTraining:
                 state, leaf = start_state(state)
             out = self.controller(window.inputs, state)
             loss, total, count, penalty_sums = self._window_loss(out, window, batch)
-            end, bootstrap = None, None
+            edge, bootstrap = None, None
             if self.synthetic is not None and start + self.tbptt_steps < T:
-                loss, end, bootstrap = inject(
-                    loss, out.state, leaf, self.synthetic, applied, self.synthetic_scale, unit
-                )
+                # rows with scored steps after the edge (a finished, padded one has no future)
+                alive = batch.mask[:, start + self.tbptt_steps :].any(dim=1)
+                loss, end, bootstrap = inject(loss, out.state, leaf, self.synthetic, applied,
+                                              self.synthetic_scale, unit, alive)  # fmt: skip
+                edge = (end, alive)
             optimizer.zero_grad()
             self.manual_backward(loss)
             if self.gradient_clip_val:
                 self.clip_gradients(optimizer, self.gradient_clip_val, "norm")
             optimizer.step()
-            if sg_optimizer is not None and pending is not None and leaf is not None:
+            if sg_optimizer is not None and pending is not None and bool(pending[1].any()):
                 # M's optimiser is stepped directly: Lightning would count its steps in
                 # global_step, which counts the controller's (one per window).
                 raw = sg_optimizer.optimizer
                 raw.zero_grad()
-                sg_loss = predictor_loss(self.synthetic(pending), target(leaf, bootstrap, unit))
+                end, rows = pending
+                sg_loss = predictor_loss(self.synthetic(end), target(leaf, bootstrap, unit), rows)
                 sg_loss.backward()
                 raw.step()
                 sg_losses.append(sg_loss.detach())
-            pending = end
+            pending = edge
             if self.scheduler_interval == "step":
                 self._step_scheduler()
             state = detach_state(self._flush(out.state))
@@ -115,8 +118,9 @@ class TruncatedTraining:
             self._announce_stage()
         if not torch.isnan(value):
             self.log("train/sg/cosine", value, batch_size=len(batch.inputs))
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # the other metrics'
             for logger in self.trainer.loggers:  # written now, whatever log_every_n_steps
-                logger.log_metrics({"train/sg/cosine": float(value)}, step=self.global_step)
+                logger.log_metrics({"train/sg/cosine": float(value)}, step=step)
 
     def _step_scheduler(self) -> None:
         """Step the scheduler by hand (manual optimisation), with val/loss for plateaus."""

@@ -29,6 +29,7 @@ from tiered.sweeps.runner import metric_curve, read_status
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 BAR = 0.25  # wrong bits per sequence (copy_curriculum.yaml's ``below``)
 START = 2  # the curriculum's first top (copy_curriculum.yaml's ``lengths``)
+MAXIMUM = 60  # the curriculum's cap (copy_curriculum.yaml's ``maximum``)
 PAPER = (
     "Jaderberg et al. 2017 report that synthetic gradients let truncated BPTT learn "
     "dependencies beyond its window (copy and repeat copy with a length curriculum); the "
@@ -36,8 +37,11 @@ PAPER = (
 )
 
 
-def solved_length(highs: list[float]) -> int:
-    """The top of the last range passed, from the logged tops of the range (in order)."""
+def solved_length(highs: list[float], last_errors: float | None = None) -> int:
+    """The top of the last range passed, from the logged tops of the range (in order); at
+    the cap, the cap itself when the last validation (``last_errors``) passed the bar."""
+    if highs and max(highs) >= MAXIMUM and last_errors is not None and last_errors < BAR:
+        return MAXIMUM
     if not highs or max(highs) <= START:
         return 0
     return int(max(highs)) - 1
@@ -60,11 +64,12 @@ def read_runs(folder: Path) -> list[dict]:
         variant, _, seed = run_dir.name.rpartition(",seed=")
         kind, window = variant_parts(variant)
         highs = [v for _, v in metric_curve(run_dir, "curriculum/lengths_high")]
+        errors = [v for _, v in metric_curve(run_dir, "val/bit_errors")]
         cosines = [v for _, v in metric_curve(run_dir, "train/sg/cosine")]
         late = cosines[len(cosines) // 2 :]
         rows.append({
             "kind": kind, "window": window, "seed": int(seed),
-            "solved": solved_length(highs),
+            "solved": solved_length(highs, errors[-1] if errors else None),
             "cosine": statistics.fmean(late) if late else None,
             "wall_s": round(status["finished"] - status["started"], 1),
         })  # fmt: skip

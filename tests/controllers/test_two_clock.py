@@ -104,6 +104,9 @@ def test_a_module_trains_a_two_clock_controller_and_logs_m():
                         limit_val_batches=0)  # fmt: skip
     trainer.fit(module, task)
     assert "train/sg/slow_loss" in trainer.callback_metrics
+    groups = trainer.optimizers[0].param_groups  # M learns at synthetic_lr
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    assert groups[1]["params"] == list(controller.synthetic.parameters())
     moved = {n for n, p in controller.named_parameters() if not torch.equal(p, before[n])}
     assert {"slow.cells.0.weight_ih", "synthetic.net.0.weight"} <= moved
 

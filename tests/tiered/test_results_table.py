@@ -49,7 +49,7 @@ def test_figures_are_read_from_the_results_files(tmp_path, monkeypatch):
     text = table.render()
     assert "dnc (3 seeds) L = 10: 1.0 (chance 40), L = 120: 20.0 (chance 480)" in text
     assert "dnc (3 seeds) small: 0.80 / 0.50" in text  # medians over seeds
-    assert "dnc 10.0% (1 of 2 failed); lstm 25.5% (1 of 2 failed)" in text
+    assert "dnc 10.0% (1 of 2 failed, 1 seed); lstm 25.5% (1 of 2 failed, 1 seed)" in text
     assert "classic 0.25 +- 0.05 (3 seeds)" in text and "deallocate" not in text
     assert "5 of 9 entries are not run yet." in text
     out = tmp_path / "results.md"

@@ -14,6 +14,7 @@ from tiered.synthetic import (
     cosine,
     future_gradients,
     inject,
+    predictor_loss,
     start_state,
     state_vector,
     target,
@@ -252,7 +253,13 @@ def test_warm_up_trains_the_gradient_model_without_changing_the_controllers_trai
     batch = _batch()
     off = _module(batch, tbptt_steps=3)
     L.Trainer(max_steps=9, **QUIET).fit(off, _OneBatch(batch, repeat=3))
-    warm = _module(batch, tbptt_steps=3, synthetic_gradients=True, synthetic_warmup=100)
+    warm = _module(
+        batch,
+        tbptt_steps=3,
+        synthetic_gradients=True,
+        synthetic_warmup=100,
+        synthetic_check_every=2,
+    )  # at batch 0 M is still zero: no cosine yet
     trainer = L.Trainer(max_steps=9, **QUIET)
     trainer.fit(warm, _OneBatch(batch, repeat=3))
     for (name, a), b in zip(off.controller.state_dict().items(),
@@ -302,3 +309,62 @@ def test_checkpoints_round_trip_the_gradient_model_and_its_optimizer(tmp_path):
                         enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
     resumed.fit(loaded, _OneBatch(batch, repeat=2), ckpt_path=tmp_path / "last.ckpt")
     assert resumed.global_step == 9
+
+
+def test_finished_sequences_get_no_synthetic_gradient_and_do_not_train_m():
+    controller = _controller()
+    model = SyntheticGradient(vector_size(controller)).double()
+    torch.nn.init.normal_(model.net[-1].weight)
+    x = torch.randn(3, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        first = controller(x[:, :3])
+    alive = torch.tensor([True, False, True])
+    state, leaf = start_state(first.state)
+    out = controller(x[:, 3:], state)
+    term, _, _ = inject(x.new_zeros(()), out.state, leaf, model, 1.0, 1.0, 1.0, alive)
+    term.backward()  # the synthetic term alone: its gradient reaches only the live rows
+    assert leaf.grad[1].abs().sum() == 0 and leaf.grad[0].abs().sum() > 0
+    prediction, goal = torch.randn(3, 4), torch.randn(3, 4)
+    kept = predictor_loss(prediction, goal, alive)
+    torch.testing.assert_close(kept, (prediction - goal).pow(2).sum(-1)[alive].mean())
+
+
+def test_unsupported_setups_are_refused():
+    from types import SimpleNamespace
+
+    batch = _batch()
+    module = _module(batch, tbptt_steps=2, synthetic_gradients=True)
+    module._trainer = SimpleNamespace(world_size=2, precision="32-true")
+    with pytest.raises(ValueError, match="world_size=2; train with devices=1"):
+        module.configure_optimizers()
+    module._trainer = SimpleNamespace(world_size=1, precision="16-mixed")
+    with pytest.raises(ValueError, match="precision='16-mixed'"):
+        module.configure_optimizers()
+
+
+def test_a_resume_at_an_epoch_end_continues_m_and_its_optimizer_exactly(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    batch = _batch(torch.float32)
+
+    def fit(epochs, folder=None, resume=None):
+        module = _module(batch, tbptt_steps=3, synthetic_gradients=True, synthetic_hidden=4)
+        callbacks = [ModelCheckpoint(dirpath=folder, save_last=True)] if folder else []
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=callbacks,
+                            enable_checkpointing=folder is not None)  # fmt: skip
+        trainer.fit(module, _OneBatch(batch, repeat=2), ckpt_path=resume)
+        return module, trainer
+
+    straight, s_trainer = fit(4)
+    fit(2, folder=tmp_path)
+    resumed, r_trainer = fit(4, resume=tmp_path / "last.ckpt")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    s_state = s_trainer.optimizers[1].state_dict()["state"]
+    r_state = r_trainer.optimizers[1].state_dict()["state"]
+    assert s_state and s_state.keys() == r_state.keys()
+    for key in s_state:
+        torch.testing.assert_close(s_state[key]["exp_avg"], r_state[key]["exp_avg"], rtol=0,
+                                   atol=0)  # fmt: skip

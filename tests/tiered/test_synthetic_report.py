@@ -62,5 +62,7 @@ def test_solved_length_is_the_last_range_passed():
     assert script.solved_length([]) == 0
     assert script.solved_length([2, 2, 2]) == 0  # never passed the first range
     assert script.solved_length([2, 3, 3, 4, 5, 5]) == 4  # 5 is being learnt
+    assert script.solved_length([58, 59, 60], last_errors=0.1) == 60  # passed at the cap
+    assert script.solved_length([58, 59, 60], last_errors=0.9) == 59
     assert script.variant_parts("config=synthetic_8") == ("synthetic", 8)
     assert script.variant_parts("config=full") == ("full", None)
