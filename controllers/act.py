@@ -138,6 +138,11 @@ class ACTController(Controller):
     def tier_names(self) -> list[str]:
         return [*self.core.tier_names, PONDER]
 
+    @property
+    def tiers(self) -> nn.ModuleList:
+        """The memory tiers (the core's), for ``tiered.diagnostics``."""
+        return self.core.tiers
+
     def initial_state(
         self, batch_size: int, device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,

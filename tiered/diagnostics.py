@@ -34,6 +34,7 @@ from tiered.tier import Tier
 DRAWN_SLOTS = 256
 # The stage tiers are told while traced: none of Lightning's, so a Disk appends nothing.
 TRACE_STAGE = "diagnostics"
+PONDER = "ponder"  # an ACTController's record (tiered.controllers.act.PONDER)
 
 
 @dataclass
@@ -133,6 +134,8 @@ def trace(controller: Any, inputs: Tensor) -> list[dict[str, TierTrace]]:
 
 
 def _kind(controller: Any, name: str) -> str:
+    if name == PONDER:
+        return "ACT"
     for module in controller.modules():
         if isinstance(module, Tier) and module.name == name:
             return type(module).__name__
@@ -147,6 +150,10 @@ def summary(record: dict[str, TierTrace], steps: int | None = None) -> str:
     for name, tr in record.items():
         s = tr.stats
         T = len(s["write_mass"]) if steps is None else steps
+        if name == PONDER:  # an ACTController: its write mass is the internal steps taken
+            lines.append(f"{name} (ACT): internal steps per input {s['write_mass'][:T].mean():.3g}"
+                         f" (most {s['write_mass'][:T].max():.0f})")  # fmt: skip
+            continue
         parts = [
             f"write mass/step {s['write_mass'][:T].mean():.3g}",
             f"steps written {s['wrote'][:T].mean():.0%}",
@@ -165,14 +172,16 @@ def draw(record: dict[str, TierTrace], title: str = "", steps: int | None = None
     """A matplotlib figure of one traced sequence: per tier with slots, a heatmap of its
     read weights and one of the content written (time across, slots up); below, per tier,
     the write mass, the spilled content, the occupancy (``slots_used``) per step and, for
-    tiers with a value cache, the hit rate so far."""
+    tiers with a value cache, the hit rate so far; for an ``ACTController``, the internal
+    steps it pondered each input for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     drawn = [tr for tr in record.values() if tr.reads is not None]
-    rows = len(drawn) + 2
+    ponder = record.get(PONDER)
+    rows = len(drawn) + 2 + (ponder is not None)
     fig, axes = plt.subplots(rows, 2, figsize=(10, 2.6 * rows), squeeze=False)
     for row, tr in enumerate(drawn):
         T = tr.reads.shape[0] if steps is None else steps  # type: ignore[union-attr]
@@ -185,9 +194,16 @@ def draw(record: dict[str, TierTrace], title: str = "", steps: int | None = None
             ax.set_xlabel("step")
             ax.set_ylabel("slot" if len(tr.slots) == values.shape[1] else "row")  # type: ignore[arg-type]
             fig.colorbar(image, ax=ax, fraction=0.04)
+    if ponder is not None:
+        ax_steps = axes[-3][0]
+        T = len(ponder.stats["write_mass"]) if steps is None else steps
+        ax_steps.plot(ponder.stats["write_mass"][:T], drawstyle="steps-mid")
+        ax_steps.set_title("ACT: internal steps pondered per input", fontsize=9)
+        ax_steps.set_xlabel("step")
+        axes[-3][1].axis("off")
     (ax_mass, ax_spill), (ax_used, ax_hits) = axes[-2], axes[-1]
     for tr in record.values():
-        if tr.kind == "Register":  # its one state is rewritten whole every tick
+        if tr.kind in ("Register", "ACT"):  # one state rewritten whole; the ponder record
             continue
         s = tr.stats
         T = len(s["write_mass"]) if steps is None else steps

@@ -121,3 +121,18 @@ def test_bad_arguments_are_named():
         ACTController(5, 3, Register(7), epsilon=1.0)
     with pytest.raises(ValueError, match="'ponder' is the ponder cost's"):
         ACTController(5, 3, Register(7), [Cache(3, 4, name="ponder")])
+
+
+def test_diagnostics_draw_the_internal_steps_beside_the_tiers():
+    from tiered.diagnostics import draw, summary, trace
+
+    act = _act(max_steps=3, tiers=[RAM(5, 4, sparse=False)])
+    records = trace(act, torch.randn(2, 4, 5, dtype=torch.float64))
+    record = records[0]
+    assert record["ponder"].kind == "ACT" and record["ram"].reads.shape == (4, 5)
+    steps = record["ponder"].stats["write_mass"]
+    assert ((steps >= 1) & (steps <= 3)).all()
+    assert "ponder (ACT): internal steps per input" in summary(record)
+    figure = draw(record)
+    titles = [ax.get_title() for ax in figure.axes]
+    assert "ACT: internal steps pondered per input" in titles
