@@ -422,6 +422,7 @@ def test_runs_of_other_seeds_are_kept_in_runs_json_and_the_report_lists_every_se
         (["--seeds", "2", "2"], "error: --seeds: 2 is given twice"),
         (["--seeds"], "error: tiered sweep run: argument --seeds: expected at least one argument"),
         (["--workers", "two"], "argument --workers: invalid int value: 'two'"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
         (["--", "100"], "error: extra argument '100' after --: give options of tiered fit"),
         (["--", "--seed_everything", "3"], "'--seed_everything' after --: the sweep sets it per "
          "run from the seeds; use --seeds"),
@@ -516,3 +517,18 @@ def test_final_plot_has_a_title_the_direction_and_points_where_the_spread_is_zer
     zero_y = [r["variant"] for r in rows].index("zero")
     assert (0.0, zero_y) in points  # a mean of 0 with a spread of 0 still shows as a point
     assert (2.0, [r["variant"] for r in rows].index("one_seed")) in points
+
+
+def test_threads_per_run_default_to_the_cores_shared_out_and_can_be_given(tmp_path, monkeypatch):
+    import os
+
+    from tiered.sweeps import runner
+
+    seen = []
+    monkeypatch.setattr(runner, "run_one", lambda run, out, metric, threads: seen.append(threads)
+                        or {"state": "finished", "metric": 0.0})  # fmt: skip
+    path = write_sweep(tmp_path, grid={}, metric={"name": "val/task_loss"}, seeds=[0, 1])
+    spec = load_sweep(path)
+    runner.run_local(spec, spec.runs(), tmp_path / "out", workers=2)
+    runner.run_local(spec, spec.runs(), tmp_path / "out", workers=2, threads=1)
+    assert seen == [max(1, (os.cpu_count() or 1) // 2)] * 2 + [1, 1]

@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="parallel local runs (one per core)",
     )
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch/OpenMP threads per local run (default: cores // workers); give 1 when "
+        "another sweep shares the machine, since OpenMP threads that outnumber the cores "
+        "spin and slow every run many times over",
+    )
     run.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     run.add_argument("--num-cpus", type=int, help="CPUs of a Ray instance started here")
     run.add_argument("--dry-run", action="store_true", help="list the runs and their state")
@@ -179,6 +186,8 @@ def main(argv: list[str]) -> int:
             return 0
         if args.workers < 1:
             raise SweepError(f"--workers must be >= 1, got {args.workers}")
+        if args.threads is not None and args.threads < 1:
+            raise SweepError(f"--threads must be >= 1, got {args.threads}")
         file_spec = load_sweep(args.file)
         spec = file_spec.with_overrides(args.seeds, extra or ())
         out = args.out or Path("runs") / "sweeps" / args.file.stem
@@ -207,7 +216,7 @@ def main(argv: list[str]) -> int:
         if args.backend == "ray":
             results = run_ray(spec, todo, out, args.address, args.num_cpus)
         else:
-            results = run_local(spec, todo, out, args.workers)
+            results = run_local(spec, todo, out, args.workers, args.threads)
     except KeyboardInterrupt:
         print(f"sweep: stopped; run the same command again to resume ({out})", file=sys.stderr)
         return 130

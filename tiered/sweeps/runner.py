@@ -191,9 +191,12 @@ def stop_children() -> None:
             os.killpg(child.pid, signal.SIGTERM)
 
 
-def run_local(spec: SweepSpec, runs: list[Run], out_dir: Path, workers: int) -> list[dict]:
-    """Run ``runs`` in ``workers`` parallel child processes."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+def run_local(
+    spec: SweepSpec, runs: list[Run], out_dir: Path, workers: int, threads: int | None = None
+) -> list[dict]:
+    """Run ``runs`` in ``workers`` parallel child processes, each with ``threads`` torch and
+    OpenMP threads (default: the cores shared out among the workers)."""
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     results = []
     _stopping.clear()
     pool = ThreadPoolExecutor(max_workers=workers)
