@@ -33,6 +33,7 @@ from tiered.controllers.base import Controller
 from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, _stack_stats
 from tiered.state import Opaque
 from tiered.tier import Tier, TierStats
+from tiered.tiers.disk import Disk
 from tiered.tiers.register import Register
 from tiered.validation import check_non_negative_float, check_positive_int, check_unit_interval
 
@@ -47,6 +48,8 @@ def blend_states(keep: Tensor, new: Any, old: Any) -> Any:
     state (every tensor has the batch first). A state part that is not a tensor (a kNN index)
     cannot be frozen per sequence: an error names it."""
     if isinstance(new, Tensor):
+        if not isinstance(old, Tensor):  # a part the state did not have yet (a first fill)
+            return new
         mask = keep.reshape(keep.shape + (1,) * (new.dim() - 1))
         return torch.where(mask, new, old)
     if isinstance(new, Opaque):
@@ -55,6 +58,8 @@ def blend_states(keep: Tensor, new: Any, old: Any) -> Any:
             "frozen for the sequences that halted; use tiers with tensor states (Cache, dense "
             "RAM, ...)"
         )
+    if old is None or (isinstance(old, (tuple, list)) and len(old) != len(new)):
+        return new  # not there before (an initial state's empty summaries and fills)
     if isinstance(new, tuple) and hasattr(type(new), "_fields"):
         return type(new)(*(blend_states(keep, a, b) for a, b in zip(new, old, strict=True)))
     if isinstance(new, (tuple, list)):
@@ -64,13 +69,17 @@ def blend_states(keep: Tensor, new: Any, old: Any) -> Any:
     return new  # None
 
 
-def halting_weights(halts: Tensor, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
+def halting_weights(
+    halts: Tensor, epsilon: float, first: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """ACT's halting distribution from the halting units of every internal step.
 
     Args:
         halts: (B, M) h^1..h^M, M = the most internal steps; the last column is never
             needed (step M always halts).
         epsilon: halt once the sum reaches 1 - epsilon.
+        first: (B,) the index of each sequence's last step, N - 1, when already decided (the
+            controller passes the steps at which it froze each sequence); None: from halts.
 
     Returns:
         (weights, steps, remainder): p^n (B, M), zero after N; N(t) (B,) as a float; R(t)
@@ -78,9 +87,10 @@ def halting_weights(halts: Tensor, epsilon: float) -> tuple[Tensor, Tensor, Tens
     """
     M = halts.shape[1]
     before = torch.cumsum(halts, dim=1) - halts  # (B, M): h^1 + ... + h^{n-1}
-    reached = (before + halts) >= 1.0 - epsilon  # (B, M)
-    reached[:, -1] = True
-    first = reached.float().argmax(dim=1)  # (B,) index of N - 1
+    if first is None:
+        reached = (before + halts) >= 1.0 - epsilon  # (B, M)
+        reached[:, -1] = True
+        first = reached.float().argmax(dim=1)  # (B,) index of N - 1
     steps = (first + 1).to(halts.dtype)
     remainder = 1.0 - before.gather(1, first[:, None]).squeeze(1)
     index = torch.arange(M, device=halts.device)[None, :]
@@ -97,7 +107,8 @@ class ACTController(Controller):
         input_size: features per step of the task input, I.
         output_size: features per step of the output, O.
         register: the recurrent core; it reads the input, a first-step flag and the reads.
-        tiers: the memory tiers, read and written at every internal step.
+        tiers: the memory tiers, read and written at every internal step (not a Disk: its
+            appends cannot be undone for the sequences that halted).
         max_steps: the most internal steps per input.
         time_penalty: tau, the weight of the ponder cost rho = N + R in the loss.
         epsilon: halt once the halting units sum to at least 1 - epsilon.
@@ -127,6 +138,13 @@ class ACTController(Controller):
         self.epsilon = check_unit_interval(owner, "epsilon", epsilon)
         if not self.epsilon < 1.0:
             raise ValueError(f"{owner}: epsilon must be below 1, got {epsilon}")
+        for tier in tiers or []:
+            if isinstance(tier, Disk):
+                raise ValueError(
+                    f"{owner}: tiers may not hold a Disk ({tier.name!r}): it appends to its "
+                    "store at every step, which cannot be undone for the sequences that have "
+                    "halted while others ponder"
+                )
         self.core = LSTMController(input_size + 1, output_size, register, tiers, input_skip)
         if PONDER in self.core.tier_names:
             raise ValueError(f"{owner}: the name {PONDER!r} is the ponder cost's; rename the tier")
@@ -158,23 +176,26 @@ class ACTController(Controller):
         B = x.shape[0]
         active = torch.ones(B, dtype=torch.bool, device=x.device)
         total = x.new_zeros(B)  # h^1 + ... + h^{n-1} of the sequences still pondering
+        last = torch.zeros(B, dtype=torch.long, device=x.device)  # N - 1 where decided
         outputs, states, halts, records = [], [], [], []
         current = state
         for n in range(self.max_steps):
             flag = x.new_full((B, 1), 1.0 if n == 0 else 0.0)
             output, proposed, stats = self.core.step(torch.cat([x, flag], dim=-1), current)
             h = torch.sigmoid(self.halt(proposed.register.hidden[:, -1])).squeeze(-1)  # (B,)
-            current = blend_states(active, proposed, current)  # halted sequences stay put
+            # halted sequences stay put (at the first step every sequence is active)
+            current = proposed if n == 0 else blend_states(active, proposed, current)
             outputs.append(output)
             states.append(current)
             halts.append(h)
             records.append((active, stats))
             halting = (total + h >= 1.0 - self.epsilon) | (n == self.max_steps - 1)
             total = total + h * active
+            last = torch.where(active & halting, torch.full_like(last, n), last)
             active = active & ~halting
             if not active.any():
                 break
-        weights, steps, remainder = halting_weights(torch.stack(halts, 1), self.epsilon)
+        weights, steps, remainder = halting_weights(torch.stack(halts, 1), self.epsilon, last)
         output = sum(w[:, None] * y for w, y in zip(weights.unbind(1), outputs, strict=False))
         mean = lambda get: sum(  # noqa: E731 - the halting-weighted mean of a state part
             w.reshape((B,) + (1,) * (get(s).dim() - 1)) * get(s)

@@ -246,7 +246,8 @@ class BanditCurriculum(Callback):
                 or not isinstance(value, (int, float))
                 or not (low <= value <= high and (name != "eta" or value > 0))
             ):
-                raise ValueError(f"{owner}: {name} must be in [{low}, {high}], got {value!r}")
+                bounds = "> 0" if name == "eta" else f"in [{low}, {high}]"
+                raise ValueError(f"{owner}: {name} must be {bounds}, got {value!r}")
         self.field, self.reward = field, reward
         self.levels = [tuple(int(v) for v in level) for level in levels]
         self.eta, self.epsilon, self.alpha = float(eta), float(epsilon), float(alpha)
@@ -282,6 +283,22 @@ class BanditCurriculum(Callback):
         task = trainer.datamodule
         if task is None or not hasattr(task, "make_batch"):
             raise ValueError("BanditCurriculum: the Trainer has no task datamodule")
+        if trainer.world_size > 1:
+            raise ValueError(
+                f"BanditCurriculum: one process only, got world_size={trainer.world_size} (each "
+                "rank would play its own bandit on its own batches)"
+            )
+        if trainer.accumulate_grad_batches > 1:
+            raise ValueError(
+                "BanditCurriculum: accumulate_grad_batches must be 1, got "
+                f"{trainer.accumulate_grad_batches} (a batch's reward is its own update's)"
+            )
+        owner = vars(task).get("make_batch")
+        if owner is not None and getattr(owner, "bandit", None) is not self:
+            raise ValueError(
+                "BanditCurriculum: the task's batches already pass through another "
+                "BanditCurriculum; give each fit its own task or one bandit"
+            )
         if getattr(task, "num_workers", 0):
             raise ValueError(
                 f"BanditCurriculum: the task has num_workers={task.num_workers}; workers draw "
@@ -308,14 +325,34 @@ class BanditCurriculum(Callback):
                     setattr(task, self.field, own)
                     self._order.append(index)
 
+            make_batch.bandit = self  # type: ignore[attr-defined]
             task.make_batch = make_batch  # this task object's batches pass through the bandit
             self._task = task
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Give the task its own ``make_batch`` back (picklable again, free for another fit)."""
+        if self._task is not None and "make_batch" in vars(self._task):
+            del self._task.make_batch
+        self._task = None
+        self._order.clear()
+
     # ------------------------------------------------------------------ rewards
     def _task_loss(self, pl_module: Any, batch: Any) -> float:
-        with torch.no_grad():
-            out = pl_module.controller(batch.inputs)
-            total, count, _ = pl_module._losses(out, batch)
+        """The batch's task loss with the weights now; tiers are told the stage "curriculum"
+        meanwhile, so a Disk appends nothing."""
+        from tiered.tier import Tier
+
+        tiers = [m for m in pl_module.controller.modules() if isinstance(m, Tier)]
+        stages = [tier.stage for tier in tiers]
+        for tier in tiers:
+            tier.stage = "curriculum"
+        try:
+            with torch.no_grad():
+                out = pl_module.controller(batch.inputs)
+                total, count, _ = pl_module._losses(out, batch)
+        finally:
+            for tier, stage in zip(tiers, stages, strict=True):
+                tier.stage = stage
         return float(total / count.clamp_min(1))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any,

@@ -136,3 +136,36 @@ def test_diagnostics_draw_the_internal_steps_beside_the_tiers():
     figure = draw(record)
     titles = [ax.get_title() for ax in figure.axes]
     assert "ACT: internal steps pondered per input" in titles
+
+
+def test_a_batch_ponders_each_sequence_as_it_would_alone():
+    act = _act(max_steps=5, tiers=[Cache(3, 4), RAM(5, 4, sparse=False)], seed=4)
+    with torch.no_grad():
+        act.halt.weight.mul_(8.0)  # sequences halt at different steps
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    together = act(x)
+    steps = together.aux["ponder"].write_mass
+    assert len(set(steps.flatten().tolist())) >= 2
+    for b in range(4):
+        alone = act(x[b : b + 1])
+        torch.testing.assert_close(alone.output[0], together.output[b], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            alone.state.tiers[1].memory[0],
+            together.state.tiers[1].memory[b],
+            rtol=1e-12,
+            atol=1e-12,
+        )
+        torch.testing.assert_close(alone.aux["ponder"].write_mass[0], steps[b])
+
+
+def test_slow_tiers_and_fills_ponder_and_a_disk_is_refused(tmp_path):
+    from tiered.tiers import Disk
+
+    slow = _act(max_steps=3, tiers=[Cache(3, 4, period=2, clock_rule="mean")])
+    out = slow(torch.randn(2, 3, 5, dtype=torch.float64))
+    assert out.output.shape == (2, 3, 3)
+    ram = RAM(5, 4, sparse=False, read_heads=1, name="ram")
+    filled = _act(max_steps=3, tiers=[Cache(3, 4, fill_from=["ram"]), ram])
+    assert filled(torch.randn(2, 3, 5, dtype=torch.float64)).output.shape == (2, 3, 3)
+    with pytest.raises(ValueError, match="may not hold a Disk"):
+        ACTController(5, 3, Register(7), [Disk(str(tmp_path / "d"), 4, 3)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning as L
 import numpy as np
 import pytest
@@ -128,3 +130,34 @@ def test_bad_settings_are_named():
         BanditCurriculum("lengths", [(1, 2), (3, 4)], epsilon=2.0)
     with pytest.raises(ValueError, match="field='items'"):
         _fit(BanditCurriculum("items", [(1, 2), (3, 4)]), 1)
+
+
+def test_the_task_gets_its_batches_back_after_a_fit_for_the_next_bandit():
+    torch.manual_seed(0)
+    task = Copy(lengths=(1, 2), eval_lengths=(1, 2), batch_size=2, train_batches=100)
+    for levels in ([(1, 1), (2, 2)], [(5, 5), (7, 7)]):
+        bandit = BanditCurriculum("lengths", levels, reward="gradient_gain")
+        module = TieredModule(LSTMController(task.input_size, task.output_size, Register(4)))
+        drawn = []
+        trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0,
+                            enable_checkpointing=False, callbacks=[bandit])  # fmt: skip
+        original = Copy.example
+
+        def spy(self, rng, split, drawn=drawn, original=original):
+            drawn.append(self.lengths)
+            return original(self, rng, split)
+
+        Copy.example = spy
+        try:
+            trainer.fit(module, task)
+        finally:
+            Copy.example = original
+        assert set(drawn) <= set(levels) and drawn  # this bandit's levels only
+        assert "make_batch" not in vars(task)  # unwrapped at teardown
+    other = BanditCurriculum("lengths", [(1, 1), (2, 2)])
+    other._task = None
+    task.make_batch = lambda split, index: None  # a stranger's wrapper
+    with pytest.raises(ValueError, match="already pass through another BanditCurriculum"):
+        trainer = SimpleNamespace(datamodule=task, world_size=1, accumulate_grad_batches=1)
+        other.on_fit_start(trainer, module)

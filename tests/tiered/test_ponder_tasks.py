@@ -17,7 +17,14 @@ def test_parity_targets_are_the_parity_of_the_non_zero_count():
     count = (batch.inputs != 0).sum(-1)  # (B, T)
     assert count.min() >= 3 and count.max() <= 7
     assert set(batch.inputs.unique().tolist()) == {-1.0, 0.0, 1.0}
-    torch.testing.assert_close(batch.targets[..., 0], (count % 2).float())
+    ones = (batch.inputs == 1).sum(-1)  # the paper's target: the parity of the ones
+    torch.testing.assert_close(batch.targets[..., 0], (ones % 2).float())
+    assert not torch.equal(ones % 2, count % 2)  # the signs matter
+    nonzero = Parity(size=11, nonzero=(3, 7), length=5, batch_size=13, count="nonzero")
+    other = nonzero.make_batch("train", 0)
+    torch.testing.assert_close(other.targets[..., 0], ((other.inputs != 0).sum(-1) % 2).float())
+    with pytest.raises(ValueError, match="count"):
+        Parity(count="odd")
     assert batch.mask.all()
     test = task.make_batch("test", 0)
     assert (test.inputs != 0).sum(-1).min() >= 9  # the evaluation range
@@ -59,7 +66,7 @@ def test_digits_and_difficulty_limits_are_named():
     assert digits_of(305, 4) == [5, 0, 3, 10] and digits_of(0, 2) == [0, 10]
     with pytest.raises(ValueError, match="more than 2 digits"):
         digits_of(305, 2)
-    task = Addition(digits=2, numbers=(1, 3), eval_numbers=(1, 5))
-    assert task.check_difficulty("numbers", [1, 5]) == (1, 5)
-    with pytest.raises(ValueError, match="raise eval_numbers to at least 6"):
-        task.check_difficulty("numbers", [1, 6])
+    task = Addition(digits=2, numbers=(1, 3), eval_numbers=(1, 5))  # sums up to 495: 3 places
+    assert task.check_difficulty("numbers", [1, 10]) == (1, 10)  # 10 * 99 = 990 still fits
+    with pytest.raises(ValueError, match="at most 10 numbers fit: raise eval_numbers to at least"):
+        task.check_difficulty("numbers", [1, 11])

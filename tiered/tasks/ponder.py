@@ -8,26 +8,28 @@ from typing import Any
 import numpy as np
 
 from tiered.tasks.base import Example, SequenceTask, check_range
-from tiered.validation import check_positive_int
+from tiered.validation import check_choice, check_positive_int
 
 DIGIT_CLASSES = 11  # the digits 0..9, and "no digit" past a number's end
 
 
 def parity_example(rng: np.random.Generator, size: int, nonzero: tuple[int, int],
-                   length: int) -> Example:  # fmt: skip
+                   length: int, count: str = "ones") -> Example:  # fmt: skip
     """``length`` independent vectors of ``size`` entries in {-1, 0, 1}, each with a random
     number of non-zero entries in ``nonzero`` (at random places, each -1 or 1 at random);
-    the target at each step is the parity of that count (1 when odd). Every step is scored.
+    the target at each step is 1 when the number of ones (``count="ones"``, the ACT paper's
+    target) or of non-zero entries (``"nonzero"``) is odd. Every step is scored.
 
     Inputs (length, size), targets (length, 1), mask (length,).
     """
     inputs = np.zeros((length, size), dtype=np.float32)
     targets = np.zeros((length, 1), dtype=np.float32)
     for t in range(length):
-        count = int(rng.integers(nonzero[0], nonzero[1] + 1))
-        places = rng.choice(size, size=count, replace=False)
-        inputs[t, places] = rng.choice([-1.0, 1.0], size=count)
-        targets[t, 0] = count % 2
+        chosen = int(rng.integers(nonzero[0], nonzero[1] + 1))
+        places = rng.choice(size, size=chosen, replace=False)
+        inputs[t, places] = rng.choice([-1.0, 1.0], size=chosen)
+        counted = int((inputs[t] == 1.0).sum()) if count == "ones" else chosen
+        targets[t, 0] = counted % 2
     return Example(inputs, targets, np.ones(length, dtype=bool))
 
 
@@ -64,10 +66,10 @@ def addition_example(rng: np.random.Generator, digits: int, count: int, places: 
 
 
 class Parity(SequenceTask):
-    """Parity (ACT paper): vectors of ``size`` entries in {-1, 0, 1}; output whether the count
-    of non-zero entries is odd. The ACT paper gives one vector per sequence (``length`` 1),
-    so all the work for it must be done at that one step: a plain LSTM stays near chance,
-    while pondering (``ACTController``) solves it.
+    """Parity (ACT paper): vectors of ``size`` entries in {-1, 0, 1}; output whether the number
+    of ones is odd (the paper's target; ``count="nonzero"`` counts every non-zero entry).
+    The ACT paper gives one vector per sequence (``length`` 1), so all the work for it must be
+    done at that one step: the paper reports a plain LSTM near chance and ACT solving it.
 
     Args:
         size: entries per vector (64 in the paper).
@@ -75,6 +77,7 @@ class Parity(SequenceTask):
             curriculum can raise it); None: 1..size.
         eval_nonzero: the same for test; None: 1..size.
         length: vectors per sequence, each scored on its own.
+        count: what the parity is of: "ones" (the +1 entries, as in the paper) or "nonzero".
         **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
             num_workers, as in ``SequenceTask``.
     """
@@ -87,10 +90,12 @@ class Parity(SequenceTask):
         nonzero: tuple[int, int] | None = None,
         eval_nonzero: tuple[int, int] | None = None,
         length: int = 1,
+        count: str = "ones",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.size = check_positive_int("Parity", "size", size)
+        self.count = check_choice("Parity", "count", count, ("ones", "nonzero"))
         everything = (1, self.size)
         self.nonzero = check_range("Parity", "nonzero", nonzero or everything)
         self.eval_nonzero = check_range("Parity", "eval_nonzero", eval_nonzero or everything)
@@ -117,7 +122,7 @@ class Parity(SequenceTask):
 
     def example(self, rng: np.random.Generator, split: str) -> Example:
         nonzero = self.eval_nonzero if split == "test" else self.nonzero
-        return parity_example(rng, self.size, nonzero, self.length)
+        return parity_example(rng, self.size, nonzero, self.length, self.count)
 
 
 class Addition(SequenceTask):
@@ -161,12 +166,12 @@ class Addition(SequenceTask):
 
     def check_difficulty(self, field: str, value: Any) -> tuple[int, int]:
         low, high = super().check_difficulty(field, value)
-        most = max(self.numbers[1], self.eval_numbers[1])
+        most = (10**self.places - 1) // (10**self.digits - 1)  # numbers whose sum still fits
         if field in ("numbers", "eval_numbers") and high > most:
             raise ValueError(
-                f"Addition: {field} [{low}, {high}] needs sums of more than {self.places} "
-                f"digits (the output size is fixed by the largest of numbers and eval_numbers, "
-                f"{most}); raise eval_numbers to at least {high}"
+                f"Addition: {field} [{low}, {high}] can make sums of more than {self.places} "
+                f"digits, the output size (set by the largest of numbers and eval_numbers); "
+                f"at most {most} numbers fit: raise eval_numbers to at least {high}"
             )
         return low, high
 
