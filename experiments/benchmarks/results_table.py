@@ -98,6 +98,7 @@ def _reproduction(name: str, task: str, paper: str, unit: str, budget: str) -> d
         "paper": paper,
         "ours": lambda: reproduction_figure(name),
         "ours_unit": unit,
+        "details": f"reproductions/{name}.md",
         "seeds": "3",
         "budget": budget,
         "config": f"experiments/sweeps/repro_{name}.yaml",
@@ -165,6 +166,7 @@ ENTRIES = [
         "al. 2015, Table 3); DNC 16.7 +- 7.6% and LSTM 27.3 +- 0.8% on the 10k split "
         "(Graves et al. 2016, Extended Data Table 1)",
         "ours": babi_figure,
+        "details": "reproductions/babi.md",
         "ours_unit": "mean test error over tasks, tasks above 5% error",
         "seeds": "1 per stack",
         "budget": "1,500 steps of batch 32 (about 8.5 epochs of the 1k split); DNC: LSTM 128 "
@@ -220,6 +222,9 @@ def render() -> str:
     for entry in ENTRIES:
         figure = entry["ours"]()
         ours = f"{figure} ({entry['ours_unit']})" if figure else "not run yet"
+        details = entry.get("details")
+        if figure and details and (RESULTS / details).is_file():
+            ours += f"; [details](../experiments/results/{details})"
         if not figure:
             pending.append(entry)
         lines.append(
