@@ -89,7 +89,7 @@ def babi_figure() -> str | None:
         )
         parts.append(f"{variant} {100 * statistics.fmean(errors):.1f}% ({failed:g} of {tasks} "
                      f"failed, {len(seeds)} seed{'s' if len(seeds) > 1 else ''})")  # fmt: skip
-    return "; ".join(parts) + "; per task: experiments/results/reproductions/babi.md"
+    return "; ".join(parts)
 
 
 def _reproduction(name: str, task: str, paper: str, unit: str, budget: str) -> dict:
