@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from tiered.controllers.base import Controller
-from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, _stack_stats
+from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, run_sequence
 from tiered.state import Opaque
 from tiered.tier import Tier, TierStats
 from tiered.tiers.disk import Disk
@@ -216,24 +216,10 @@ class ACTController(Controller):
     def forward(self, x: Tensor, state: ControllerState | None = None) -> ControllerOutput:
         """Run over a sequence: ``x`` (B, T, I) -> ``ControllerOutput``; ``aux["ponder"]``
         holds rho_t (``rewrite``), tau rho_t (``penalty``) and N(t) (``write_mass``)."""
-        if x.dim() != 3 or x.shape[-1] != self.input_size or x.shape[1] < 1:
-            raise ValueError(
-                f"ACTController: x must have shape (batch, time >= 1, {self.input_size}), "
-                f"got {tuple(x.shape)}"
-            )
-        if state is None:
-            state = self.initial_state(x.shape[0], x.device, x.dtype)
-        outputs, records = [], {name: [] for name in self.tier_names}
-        for t in range(x.shape[1]):
-            output, state, stats = self.step(x[:, t], state)
-            outputs.append(output)
-            for name, tier_stats in stats.items():
-                records[name].append(tier_stats)
         penalties = {self.core.register.name: self.core.register.rewrite_penalty,
                      PONDER: self.time_penalty}  # fmt: skip
         penalties.update({tier.name: tier.rewrite_penalty for tier in self.core.tiers})
-        aux = {name: _stack_stats(records[name], penalties[name]) for name in self.tier_names}
-        return ControllerOutput(torch.stack(outputs, dim=1), state, aux)
+        return run_sequence(self, x, state, penalties)
 
 
 def _pondered_stats(records: list[tuple[Tensor, dict[str, TierStats]]]) -> dict[str, TierStats]:

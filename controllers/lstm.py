@@ -292,24 +292,38 @@ class LSTMController(Controller):
         Returns:
             ``ControllerOutput(output (B, T, O), final state, aux by tier name)``.
         """
-        if x.dim() != 3 or x.shape[-1] != self.input_size or x.shape[1] < 1:
-            raise ValueError(
-                f"LSTMController: x must have shape (batch, time >= 1, {self.input_size}), "
-                f"got {tuple(x.shape)}"
-            )
-        if state is None:
-            state = self.initial_state(x.shape[0], x.device, x.dtype)
-        outputs: list[Tensor] = []
-        records: dict[str, list[TierStats]] = {name: [] for name in self.tier_names}
-        for t in range(x.shape[1]):
-            output, state, stats = self.step(x[:, t], state)
-            outputs.append(output)
-            for name, tier_stats in stats.items():
-                records[name].append(tier_stats)
         penalties = {self.register.name: self.register.rewrite_penalty}
         penalties.update({tier.name: tier.rewrite_penalty for tier in self.tiers})
-        aux = {name: _stack_stats(records[name], penalties[name]) for name in self.tier_names}
-        return ControllerOutput(torch.stack(outputs, dim=1), state, aux)
+        return run_sequence(self, x, state, penalties)
+
+
+def run_sequence(
+    controller: Any, x: Tensor, state: Any, penalties: dict[str, float]
+) -> ControllerOutput:
+    """Step ``controller`` over ``x`` (B, T, I) from ``state`` (None: fresh sequences).
+
+    Every controller's ``forward``: its ``step`` at each time step, the outputs stacked to
+    (B, T, O), and each record of ``tier_names`` stacked into a ``TierAux`` with the penalty
+    weight ``penalties[name]``.
+    """
+    owner = type(controller).__name__
+    if x.dim() != 3 or x.shape[-1] != controller.input_size or x.shape[1] < 1:
+        raise ValueError(
+            f"{owner}: x must have shape (batch, time >= 1, {controller.input_size}), "
+            f"got {tuple(x.shape)}"
+        )
+    if state is None:
+        state = controller.initial_state(x.shape[0], x.device, x.dtype)
+    outputs: list[Tensor] = []
+    records: dict[str, list[TierStats]] = {name: [] for name in controller.tier_names}
+    for t in range(x.shape[1]):
+        output, state, stats = controller.step(x[:, t], state)
+        outputs.append(output)
+        for name, tier_stats in stats.items():
+            records[name].append(tier_stats)
+    names = controller.tier_names
+    aux = {name: _stack_stats(records[name], penalties[name]) for name in names}
+    return ControllerOutput(torch.stack(outputs, dim=1), state, aux)
 
 
 def identity_into_queries(tiers: list[Tier] | nn.ModuleList, input_size: int) -> Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from tiered.controllers.base import Controller
-from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, _stack_stats
+from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, run_sequence
 from tiered.synthetic import SyntheticGradient
 from tiered.tier import Tier
 from tiered.tiers.register import Register, RegisterState
@@ -164,24 +164,10 @@ class TwoClockController(Controller):
     def forward(self, x: Tensor, state: TwoClockState | None = None) -> ControllerOutput:
         """Run over a sequence: ``x`` (B, T, I) -> ``ControllerOutput`` (its ``state`` a
         ``TwoClockState``; ``aux`` holds the slow core's record under its name)."""
-        if x.dim() != 3 or x.shape[-1] != self.input_size or x.shape[1] < 1:
-            raise ValueError(
-                f"TwoClockController: x must have shape (batch, time >= 1, {self.input_size}), "
-                f"got {tuple(x.shape)}"
-            )
-        if state is None:
-            state = self.initial_state(x.shape[0], x.device, x.dtype)
-        outputs, records = [], {name: [] for name in self.tier_names}
-        for t in range(x.shape[1]):
-            output, state, stats = self.step(x[:, t], state)
-            outputs.append(output)
-            for name, tier_stats in stats.items():
-                records[name].append(tier_stats)
         penalties = {self.fast.register.name: self.fast.register.rewrite_penalty,
                      self.slow.name: self.slow.rewrite_penalty}  # fmt: skip
         penalties.update({tier.name: tier.rewrite_penalty for tier in self.fast.tiers})
-        aux = {name: _stack_stats(records[name], penalties[name]) for name in self.tier_names}
-        return ControllerOutput(torch.stack(outputs, dim=1), state, aux)
+        return run_sequence(self, x, state, penalties)
 
     def pop_synthetic_loss(self) -> Tensor | None:
         """M's summed regression loss over the backward passes since the last call, or None."""
