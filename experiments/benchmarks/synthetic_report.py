@@ -67,8 +67,11 @@ def read_runs(folder: Path) -> list[dict]:
         errors = [v for _, v in metric_curve(run_dir, "val/bit_errors")]
         cosines = [v for _, v in metric_curve(run_dir, "train/sg/cosine")]
         late = cosines[len(cosines) // 2 :]
+        args = list(status.get("args", []))
+        batches = (int(args[args.index("--data.init_args.train_batches") + 1])
+                   if "--data.init_args.train_batches" in args else 1500)  # fmt: skip
         rows.append({
-            "kind": kind, "window": window, "seed": int(seed),
+            "kind": kind, "window": window, "seed": int(seed), "batches": batches,
             "solved": solved_length(highs, errors[-1] if errors else None),
             "cosine": statistics.fmean(late) if late else None,
             "wall_s": round(status["finished"] - status["started"], 1),
@@ -83,9 +86,9 @@ def _cell(values: list[float], digits: int = 0) -> str:
     return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
-def write(rows: list[dict], folder: Path, out: Path) -> str:
+def write(rows: list[dict], folder: Path, out: Path, name: str = "synthetic_copy") -> str:
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "synthetic_copy.csv", "w", newline="") as handle:
+    with open(out / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -96,7 +99,8 @@ def write(rows: list[dict], folder: Path, out: Path) -> str:
         "",
         f"Sweep folder `{folder}`: a plain LSTM of 100 units (experiments/stacks/register.yaml) "
         "on 8-bit copy with a length curriculum (experiments/tasks/copy_curriculum.yaml: one "
-        f"epoch of 1500 batches of 32; the top length rises by one after each validation with "
+        f"epoch of {', '.join(str(b) for b in sorted({r['batches'] for r in rows}))} batches of "
+        "32; the top length rises by one after each validation with "
         f"fewer than {BAR} wrong bits per sequence). Solved: the top of the last range passed. "
         "Median (min-max) over seeds. Cosine: mean over the second half of the run of the "
         "cosine between the synthetic gradients and the true gradients of full BPTT at the "
@@ -117,8 +121,8 @@ def write(rows: list[dict], folder: Path, out: Path) -> str:
         )
     lines.append(f"| full BPTT | {_cell(full)} | | | {len(full)} |")
     lines += ["", "Machine:", "", machine_markdown(), ""]
-    (out / "synthetic_copy.md").write_text("\n".join(lines))
-    _plot(rows, windows, out / "synthetic_copy.png")
+    (out / f"{name}.md").write_text("\n".join(lines))
+    _plot(rows, windows, out / f"{name}.png")
     return "\n".join(lines)
 
 
@@ -150,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="the sweep folder of synthetic_copy.yaml")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="synthetic_copy", help="the files' name")
     args = parser.parse_args(argv)
     rows = read_runs(args.sweep) if args.sweep.is_dir() else []
     if not rows:
         print(f"no finished run in {args.sweep}", file=sys.stderr)
         return 2
-    print(write(rows, args.sweep, args.out))
+    print(write(rows, args.sweep, args.out, args.name))
     return 0
 
 
