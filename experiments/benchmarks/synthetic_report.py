@@ -31,9 +31,10 @@ BAR = 0.25  # wrong bits per sequence (copy_curriculum.yaml's ``below``)
 START = 2  # the curriculum's first top (copy_curriculum.yaml's ``lengths``)
 MAXIMUM = 60  # the curriculum's cap (copy_curriculum.yaml's ``maximum``)
 PAPER = (
-    "Jaderberg et al. 2017 report that synthetic gradients let truncated BPTT learn "
-    "dependencies beyond its window (copy and repeat copy with a length curriculum); the "
-    "figures we could verify are quoted in docs/synthetic_gradients.md"
+    "Jaderberg et al. 2017 (section 3 and its table of recurrent results) compare the longest "
+    "copy and repeat-copy lengths that truncated BPTT learns with and without synthetic "
+    "gradients for several window lengths; we could read that table in no retrievable text "
+    "here, so its figures are not quoted"
 )
 
 
