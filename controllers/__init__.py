@@ -2,7 +2,8 @@
 
 from tiered.controllers.act import ACTController
 from tiered.controllers.base import Controller
-from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, TierAux
+from tiered.controllers.lstm import ControllerState, LSTMController
+from tiered.controllers.sequence import ControllerOutput, TierAux
 from tiered.controllers.two_clock import TwoClockController, TwoClockState
 
 __all__ = [

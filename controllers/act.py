@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from tiered.controllers.base import Controller
-from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, run_sequence
+from tiered.controllers.lstm import ControllerState, LSTMController
+from tiered.controllers.sequence import ControllerOutput, run_sequence
 from tiered.state import Opaque
 from tiered.tier import Tier, TierStats
 from tiered.tiers.disk import Disk

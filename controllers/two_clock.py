@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from tiered.controllers.base import Controller
-from tiered.controllers.lstm import ControllerOutput, ControllerState, LSTMController, run_sequence
+from tiered.controllers.lstm import ControllerState, LSTMController
+from tiered.controllers.sequence import ControllerOutput, run_sequence
 from tiered.synthetic import SyntheticGradient
 from tiered.tier import Tier
 from tiered.tiers.register import Register, RegisterState
