@@ -101,6 +101,8 @@ class RepeatCopy(SequenceTask):
         repeats: [low, high] repeat counts for training and validation.
         eval_lengths: [low, high] sequence lengths for test.
         eval_repeats: [low, high] repeat counts for test.
+            The count is shown divided by the top of ``repeats`` as given here, whatever
+            range is drawn later (a curriculum that changes ``repeats`` keeps the scale).
         **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
             num_workers, as in ``SequenceTask``.
     """
@@ -122,6 +124,7 @@ class RepeatCopy(SequenceTask):
         self.repeats = check_range("RepeatCopy", "repeats", repeats)
         self.eval_lengths = check_range("RepeatCopy", "eval_lengths", eval_lengths)
         self.eval_repeats = check_range("RepeatCopy", "eval_repeats", eval_repeats)
+        self.count_scale = self.repeats[1]  # fixed: the count's encoding never changes
 
     @property
     def input_size(self) -> int:
@@ -136,4 +139,4 @@ class RepeatCopy(SequenceTask):
         repeats = self.eval_repeats if split == "test" else self.repeats
         length = int(rng.integers(lengths[0], lengths[1] + 1))
         count = int(rng.integers(repeats[0], repeats[1] + 1))
-        return repeat_copy_example(rng, self.bits, length, count, self.repeats[1])
+        return repeat_copy_example(rng, self.bits, length, count, self.count_scale)

@@ -92,6 +92,22 @@ def shortest_path_example(
     return Example(inputs, targets, mask)
 
 
+def check_node_range(task: SequenceTask, field: str, low: int, high: int) -> tuple[int, int]:
+    """A curriculum's level for a graph task: node ranges stay within the node ids (the
+    vocabulary, ``max_nodes``, fixed when the task was made) and have at least 2 nodes."""
+    owner = type(task).__name__
+    if field in ("nodes", "eval_nodes"):
+        if low < 2:
+            raise ValueError(f"{owner}: {field} [{low}, {high}] needs at least 2 nodes")
+        if high > task.max_nodes:
+            raise ValueError(
+                f"{owner}: {field} [{low}, {high}] exceeds max_nodes={task.max_nodes}, the node "
+                "ids the model's inputs and outputs were sized for (the larger top of nodes and "
+                "eval_nodes when the task was made): raise eval_nodes to make room"
+            )
+    return low, high
+
+
 class ShortestPath(SequenceTask):
     """Shortest path: read a graph's edges and a query, output the path node by node.
 
@@ -117,6 +133,9 @@ class ShortestPath(SequenceTask):
         self.eval_nodes = check_range("ShortestPath", "eval_nodes", eval_nodes, minimum=2)
         self.extra_edges = check_non_negative_float("ShortestPath", "extra_edges", extra_edges)
         self.max_nodes = max(self.nodes[1], self.eval_nodes[1])
+
+    def check_difficulty(self, field: str, value: Any) -> tuple[int, int]:
+        return check_node_range(self, field, *super().check_difficulty(field, value))
 
     @property
     def input_size(self) -> int:
@@ -244,6 +263,9 @@ class Traversal(SequenceTask):
                 f"labels={labels} (one edge per label leaves a node)"
             )
         self.max_nodes = max(self.nodes[1], self.eval_nodes[1])
+
+    def check_difficulty(self, field: str, value: Any) -> tuple[int, int]:
+        return check_node_range(self, field, *super().check_difficulty(field, value))
 
     @property
     def input_size(self) -> int:
