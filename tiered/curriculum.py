@@ -12,7 +12,7 @@ continues its curriculum where it stopped.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -424,7 +424,11 @@ class LevelProbe(Callback):
         stop: end the fit at the first probe that reaches ``bar``.
     """
 
-    METRICS = {"bit_errors": "min", "exact_match": "max", "token_accuracy": "max"}
+    METRICS: ClassVar[dict[str, str]] = {
+        "bit_errors": "min",
+        "exact_match": "max",
+        "token_accuracy": "max",
+    }
 
     def __init__(
         self,
@@ -470,12 +474,13 @@ class LevelProbe(Callback):
             task.check_difficulty(self.field, self.level)
         except (TypeError, ValueError) as error:
             raise ValueError(f"LevelProbe: field={self.field!r}: {error}") from None
+        name = type(task).__name__
         if self.metric == "token_accuracy" and task.loss != "tokens":
-            raise ValueError(f"LevelProbe: metric='token_accuracy' needs a token task; "
-                             f"{type(task).__name__} scores bits: use 'bit_errors'")  # fmt: skip
+            raise ValueError(f"LevelProbe: metric='token_accuracy' needs a token task; {name} "
+                             "scores bits: use 'bit_errors'")  # fmt: skip
         if self.metric == "bit_errors" and task.loss != "bits":
-            raise ValueError(f"LevelProbe: metric='bit_errors' needs a bit task; "
-                             f"{type(task).__name__} scores tokens: use 'token_accuracy'")  # fmt: skip
+            raise ValueError(f"LevelProbe: metric='bit_errors' needs a bit task; {name} scores "
+                             "tokens: use 'token_accuracy'")  # fmt: skip
 
     def score(self, task: Any, pl_module: Any) -> dict[str, float]:
         """The probe's metrics for the model now (the task's range is set back after)."""

@@ -48,7 +48,8 @@ def test_the_probe_scores_batches_drawn_at_its_level_and_gives_the_task_its_rang
             logits = module.controller(batch.inputs).output
             errors.append(bit_errors(logits, batch.targets, batch.mask))
             right.append(sequence_correct(logits, batch.targets, batch.mask))
-    assert values["bit_errors"] == pytest.approx(float(torch.cat(errors).double().mean()), rel=1e-12)
+    reference = float(torch.cat(errors).double().mean())
+    assert values["bit_errors"] == pytest.approx(reference, rel=1e-12)
     assert values["exact_match"] == pytest.approx(float(torch.cat(right).float().mean()))
     assert values["bit_errors"] > 0  # an untrained model: not a vacuous comparison
     assert probe.score(task, module) == values  # the same batches at every probe
@@ -100,7 +101,7 @@ def test_during_a_curriculum_the_probe_stays_at_its_level(tmp_path):
     raise_always = ThresholdCurriculum("lengths", "val/bit_errors", below=1e9, factor=2.0,
                                        maximum=12)  # fmt: skip
     probe = LevelProbe("lengths", [9, 9], batches=2)
-    trainer, task, module = _fit(tmp_path, raise_always, probe)
+    _, task, module = _fit(tmp_path, raise_always, probe)
     assert task.lengths == (1, 12)  # the curriculum moved: 3 -> 6 -> 12
     logged = _logged(tmp_path, "probe/bit_errors")
     assert [step for step, _ in logged] == [2, 4, 6]  # after each validation of fit only
