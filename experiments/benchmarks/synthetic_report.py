@@ -49,11 +49,32 @@ def solved_length(highs: list[float], last_errors: float | None = None) -> int:
 
 
 def variant_parts(variant: str) -> tuple[str, int | None]:
-    """("full" | "truncated" | "synthetic", window) from a run's variant name."""
-    match = re.fullmatch(r"(?:config=)?(truncated|synthetic)_(\d+)", variant)
+    """("full" | "truncated" | "synthetic", window) from a run's variant name (a suffix
+    after the window, e.g. ``synthetic_2_lr1e-3``, names a setting of the gradient model)."""
+    match = re.fullmatch(r"(?:config=)?(truncated|synthetic)_(\d+)(?:_.+)?", variant)
     if match:
         return match.group(1), int(match.group(2))
     return variant.removeprefix("config="), None
+
+
+TASKS = {"copy_curriculum": "copy", "repeat_copy_curriculum": "repeat copy (1..3 repeats)"}
+
+
+def run_settings(run_dir: Path, args: list[str]) -> dict:
+    """The task file's name and the gradient model's settings of a run, from the config
+    that Lightning saved beside its metrics (None where synthetic gradients are off)."""
+    import yaml
+
+    task = next((Path(a).stem for a in args if "/tasks/" in a and a.endswith(".yaml")), "")
+    configs = sorted((run_dir / "logs").glob("version_*/config.yaml"))
+    model = yaml.safe_load(configs[-1].read_text())["model"]["init_args"] if configs else {}
+    on = bool(model.get("synthetic_gradients"))
+    return {
+        "task": task,
+        "sg_lr": model.get("synthetic_lr") if on else None,
+        "sg_scale": model.get("synthetic_scale") if on else None,
+        "sg_hidden": model.get("synthetic_hidden") if on else None,
+    }
 
 
 def read_runs(folder: Path) -> list[dict]:
@@ -72,6 +93,7 @@ def read_runs(folder: Path) -> list[dict]:
         batches = (int(args[args.index("--data.init_args.train_batches") + 1])
                    if "--data.init_args.train_batches" in args else 1500)  # fmt: skip
         rows.append({
+            "variant": variant.removeprefix("config="), **run_settings(run_dir, args),
             "kind": kind, "window": window, "seed": int(seed), "batches": batches,
             "solved": solved_length(highs, errors[-1] if errors else None),
             "cosine": statistics.fmean(late) if late else None,
@@ -87,6 +109,13 @@ def _cell(values: list[float], digits: int = 0) -> str:
     return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
+def _model(row: dict) -> str:
+    if row["kind"] != "synthetic":
+        return ""
+    hidden = f"hidden {row['sg_hidden']}" if row["sg_hidden"] else "linear"
+    return f"{hidden}, lr {row['sg_lr']:g}, scale {row['sg_scale']:g}"
+
+
 def write(rows: list[dict], folder: Path, out: Path, name: str = "synthetic_copy") -> str:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{name}.csv", "w", newline="") as handle:
@@ -94,58 +123,72 @@ def write(rows: list[dict], folder: Path, out: Path, name: str = "synthetic_copy
         writer.writeheader()
         writer.writerows(rows)
     windows = sorted({r["window"] for r in rows if r["window"] is not None})
-    full = [r["solved"] for r in rows if r["kind"] == "full"]
+    tasks = sorted({r["task"] for r in rows})
+    task = ", ".join(TASKS.get(t, t) for t in tasks)
+    order = {"full": 0, "truncated": 1, "synthetic": 2}
+    variants = sorted({r["variant"] for r in rows}, key=lambda v: (
+        variant_parts(v)[1] or 0, order.get(variant_parts(v)[0], 3), v))  # fmt: skip
     lines = [
-        "# Synthetic gradients: the longest copy length solved",
+        f"# Synthetic gradients: the longest {task} length solved",
         "",
         f"Sweep folder `{folder}`: a plain LSTM of 100 units (experiments/stacks/register.yaml) "
-        "on 8-bit copy with a length curriculum (experiments/tasks/copy_curriculum.yaml: one "
-        f"epoch of {', '.join(str(b) for b in sorted({r['batches'] for r in rows}))} batches of "
+        f"on 8-bit {task} with a length curriculum "
+        f"({', '.join(f'experiments/tasks/{t}.yaml' for t in tasks)}: one epoch of "
+        f"{', '.join(str(b) for b in sorted({r['batches'] for r in rows}))} batches of "
         "32; the top length rises by one after each validation with "
         f"fewer than {BAR} wrong bits per sequence). Solved: the top of the last range passed. "
         "Median (min-max) over seeds. Cosine: mean over the second half of the run of the "
         "cosine between the synthetic gradients and the true gradients of full BPTT at the "
-        "window ends.",
+        "window ends. The gradient model's settings are those of TieredModule "
+        "(synthetic_hidden, synthetic_lr, synthetic_scale).",
         "",
         f"Paper: {PAPER}.",
         "",
-        "| window (steps) | truncated BPTT | synthetic gradients | cosine | seeds |",
-        "|---:|---:|---:|---:|---:|",
+        "| window (steps) | training | gradient model | longest length solved | cosine | seeds |",
+        "|---:|---|---|---:|---:|---:|",
     ]
-    for window in windows:
-        plain = [r["solved"] for r in rows if r["kind"] == "truncated" and r["window"] == window]
-        mine = [r for r in rows if r["kind"] == "synthetic" and r["window"] == window]
+    for variant in variants:
+        mine = [r for r in rows if r["variant"] == variant]
+        kind, window = variant_parts(variant)
         cosines = [r["cosine"] for r in mine if r["cosine"] is not None]
+        training = {"full": "full BPTT", "truncated": "truncated BPTT"}.get(
+            kind, "synthetic gradients")  # fmt: skip
         lines.append(
-            f"| {window} | {_cell(plain)} | {_cell([r['solved'] for r in mine])} | "
-            f"{_cell(cosines, 3)} | {len(plain)} / {len(mine)} |"
+            f"| {window if window is not None else '-'} | {training} | {_model(mine[0])} | "
+            f"{_cell([r['solved'] for r in mine])} | {_cell(cosines, 3)} | {len(mine)} |"
         )
-    lines.append(f"| full BPTT | {_cell(full)} | | | {len(full)} |")
     lines += ["", "Machine:", "", machine_markdown(), ""]
     (out / f"{name}.md").write_text("\n".join(lines))
-    _plot(rows, windows, out / f"{name}.png")
+    _plot(rows, windows, out / f"{name}.png", task)
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict], windows: list[int], path: Path) -> None:
+def _plot(rows: list[dict], windows: list[int], path: Path, task: str = "copy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5, 3.5))
-    for kind, marker in (("truncated", "o"), ("synthetic", "s")):
-        medians = [statistics.median([r["solved"] for r in rows
-                                      if r["kind"] == kind and r["window"] == w] or [0])
-                   for w in windows]  # fmt: skip
-        axis.plot(windows, medians, marker=marker, label=f"{kind} BPTT" if kind == "truncated"
-                  else "synthetic gradients")  # fmt: skip
+    plain = sorted({r["variant"] for r in rows if r["kind"] == "truncated"})
+    bridged = sorted({r["variant"] for r in rows if r["kind"] == "synthetic"})
+    markers = iter("sDv^<>p*")
+    for variant in plain[:1] + bridged:  # truncated BPTT (one line), each bridged setting
+        kind = variant_parts(variant)[0]
+        mine = [r for r in rows if r["kind"] == kind and (kind == "truncated"
+                                                         or r["variant"] == variant)]  # fmt: skip
+        present = [w for w in windows if any(r["window"] == w for r in mine)]
+        medians = [statistics.median([r["solved"] for r in mine if r["window"] == w])
+                   for w in present]  # fmt: skip
+        label = "truncated BPTT" if kind == "truncated" else f"synthetic ({_model(mine[0])})"
+        axis.plot(present, medians, marker="o" if kind == "truncated" else next(markers),
+                  label=label)  # fmt: skip
     full = [r["solved"] for r in rows if r["kind"] == "full"]
     if full:
         axis.axhline(statistics.median(full), color="grey", linestyle="--", label="full BPTT")
     axis.set_xlabel("window (steps)")
-    axis.set_ylabel("longest copy length solved (median)")
-    axis.legend()
+    axis.set_ylabel(f"longest {task.split(' (')[0]} length solved (median)")
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -34,7 +34,9 @@ def _run(run: Path, variant: str) -> None:
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(run), "--trainer.logger.name", "logs",
     ])  # fmt: skip
-    write_status(run, {"state": "finished", "started": 10.0, "finished": 12.5})
+    task = str(EXPERIMENTS / "tasks" / "copy_curriculum.yaml")
+    write_status(run, {"state": "finished", "started": 10.0, "finished": 12.5,
+                       "args": ["--config", task]})  # fmt: skip
 
 
 def test_the_report_reads_the_curriculum_and_the_cosine_of_each_run(tmp_path, monkeypatch):
@@ -51,8 +53,14 @@ def test_the_report_reads_the_curriculum_and_the_cosine_of_each_run(tmp_path, mo
     assert 0 <= int(rows["full"]["solved"]) <= 3  # three validations: at most three raises
     assert -1 <= float(rows["synthetic"]["cosine"]) <= 1 and rows["full"]["cosine"] == ""
     assert float(rows["full"]["wall_s"]) == 2.5
+    # the gradient model's settings, read from the config Lightning saved for the run
+    assert rows["synthetic"]["task"] == rows["full"]["task"] == "copy_curriculum"
+    assert float(rows["synthetic"]["sg_lr"]) == 1e-4 and rows["synthetic"]["sg_hidden"] == "0"
+    assert rows["full"]["sg_lr"] == ""
     text = (out / "synthetic_copy.md").read_text()
-    assert "| 2 | - |" in text and "| full BPTT |" in text
+    assert "# Synthetic gradients: the longest copy length solved" in text
+    assert "| 2 | synthetic gradients | linear, lr 0.0001, scale 1 |" in text
+    assert "| - | full BPTT |  |" in text
     assert (out / "synthetic_copy.png").stat().st_size > 0
     assert script.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
@@ -66,3 +74,4 @@ def test_solved_length_is_the_last_range_passed():
     assert script.solved_length([58, 59, 60], last_errors=0.9) == 59
     assert script.variant_parts("config=synthetic_8") == ("synthetic", 8)
     assert script.variant_parts("config=full") == ("full", None)
+    assert script.variant_parts("config=synthetic_2_lr1e-3_s0.5") == ("synthetic", 2)
