@@ -26,7 +26,9 @@ from machine import machine_markdown
 from tiered.sweeps.runner import metric_curve, read_status
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-KINDS = ("uniform", "threshold", "bandit")
+KINDS = ("uniform", "threshold", "bandit, prediction gain", "bandit, gradient gain")
+SUFFIXES = {"uniform": "uniform", "threshold": "threshold", "bandit": "bandit, prediction gain",
+            "bandit_gradient": "bandit, gradient gain"}  # fmt: skip
 PAPER = (
     'Graves et al. 2017 ("Automated Curriculum Learning for Neural Networks") compare their '
     "bandit's rewards against uniform sampling on n-gram modelling, repeat copy and bAbI by "
@@ -35,11 +37,12 @@ PAPER = (
 
 
 def curriculum_of(variant: str) -> str:
-    """ "uniform" | "threshold" | "bandit" from a variant name such as ``copy_bandit``."""
-    for kind in KINDS:
-        if variant.removeprefix("config=").endswith(kind):
-            return kind
-    return variant.removeprefix("config=")
+    """The curriculum (one of ``KINDS``) from a variant name such as ``copy_bandit``."""
+    name = variant.removeprefix("config=")
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):  # bandit_gradient before bandit
+        if name.endswith(f"_{suffix}") or name == suffix:
+            return SUFFIXES[suffix]
+    return name
 
 
 def arm_shares(run_dir: Path, field: str) -> list[float]:
@@ -139,7 +142,7 @@ def _plot(folder: Path, rows: list[dict], kinds: list[str], path: Path, describe
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5.5, 3.5))
-    colours = dict(zip(kinds, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False))
+    colours = dict(zip(kinds, ("tab:blue", "tab:orange", "tab:green", "tab:purple"), strict=False))
     for kind in kinds:
         for index, row in enumerate(r for r in rows if r["curriculum"] == kind):
             run = folder / f"config={row['variant']},seed={row['seed']}"
@@ -163,8 +166,8 @@ DESCRIPTIONS = {
         "64 fixed sequences of length 20, fewer than 1 wrong bit per sequence",
     ),
     "curriculum_repeat_copy": (
-        "repeat copy to length 10, 1..3 repeats (Cache + RAM stack)",
-        "64 fixed sequences of length 10, fewer than 1 wrong bit per sequence",
+        "repeat copy to length 5, 1..3 repeats (Cache + RAM stack)",
+        "64 fixed sequences of length 5, fewer than 1 wrong bit per sequence",
     ),
 }
 

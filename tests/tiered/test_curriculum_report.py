@@ -42,17 +42,18 @@ def test_the_report_reads_each_curriculum_and_its_probe(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     script = _load("curriculum_report")
     sweep = tmp_path / "curriculum_copy"
-    for variant in ("copy_uniform", "copy_threshold", "copy_bandit"):
+    for variant in ("copy_uniform", "copy_threshold", "copy_bandit", "copy_bandit_gradient"):
         _run(sweep / f"config={variant},seed=0", variant)
     out = tmp_path / "out"
     assert script.main([str(sweep), "--out", str(out)]) == 0
     with open(out / "curriculum_copy.csv") as handle:
         rows = {r["curriculum"]: r for r in csv.DictReader(handle)}
-    assert set(rows) == {"uniform", "threshold", "bandit"}
+    assert set(rows) == {"uniform", "threshold", "bandit, prediction gain",
+                         "bandit, gradient gain"}  # fmt: skip
     for row in rows.values():  # an untrained model of 5 units: far from the bar at length 20
         assert row["reached"] == "" and int(row["last_step"]) == 6 and row["probes"] == "3"
         assert float(row["final_bit_errors"]) > 1.0 and float(row["wall_s"]) == 4.0
-    shares = [float(s) for s in rows["bandit"]["arm_shares"].split()]
+    shares = [float(s) for s in rows["bandit, gradient gain"]["arm_shares"].split()]
     assert math.isclose(sum(shares), 1.0, abs_tol=0.02) and rows["uniform"]["arm_shares"] == ""
     text = (out / "curriculum_copy.md").read_text()
     assert "# Curricula: steps to learn copy to length 20" in text
@@ -68,4 +69,6 @@ def test_steps_to_the_bar_count_runs_that_missed_it_as_infinite():
     assert script._steps_cell(rows) == "500 (300-> 1500); 1 of 3 not reached"
     rows[1]["reached"] = 200
     assert script._steps_cell(rows) == "300 (200-500)"
-    assert script.curriculum_of("config=repeat_copy_bandit") == "bandit"
+    assert script.curriculum_of("config=repeat_copy_bandit") == "bandit, prediction gain"
+    assert script.curriculum_of("config=copy_bandit_gradient") == "bandit, gradient gain"
+    assert script.curriculum_of("config=copy_uniform") == "uniform"
