@@ -3,6 +3,7 @@
 from tiered.controllers.act import ACTController
 from tiered.controllers.base import Controller
 from tiered.controllers.lstm import ControllerState, LSTMController
+from tiered.controllers.ponder_net import PonderNetController, PonderSteps
 from tiered.controllers.sequence import ControllerOutput, TierAux
 from tiered.controllers.two_clock import TwoClockController, TwoClockState
 
@@ -12,6 +13,8 @@ __all__ = [
     "ControllerOutput",
     "ControllerState",
     "LSTMController",
+    "PonderNetController",
+    "PonderSteps",
     "TierAux",
     "TwoClockController",
     "TwoClockState",

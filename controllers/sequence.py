@@ -52,11 +52,15 @@ class ControllerOutput(NamedTuple):
         output: (B, T, O), the outputs (logits) at every step.
         state: the final ``ControllerState``; pass it back in to continue the sequence.
         aux: per tier name (the register's included), a ``TierAux`` record.
+        ponder: for a controller whose loss is an expectation over internal steps
+            (``PonderNetController``), every step's outputs and halting weights
+            (``PonderSteps``); None for the others.
     """
 
     output: Tensor
     state: Any
     aux: dict[str, TierAux]
+    ponder: Any = None
 
 
 def run_sequence(

@@ -134,8 +134,8 @@ def trace(controller: Any, inputs: Tensor) -> list[dict[str, TierTrace]]:
 
 
 def _kind(controller: Any, name: str) -> str:
-    if name == PONDER:
-        return "ACT"
+    if name == PONDER:  # PonderNet's write mass is the expected halting step, ACT's N(t)
+        return "PonderNet" if type(controller).__name__ == "PonderNetController" else "ACT"
     for module in controller.modules():
         if isinstance(module, Tier) and module.name == name:
             return type(module).__name__
@@ -151,8 +151,9 @@ def summary(record: dict[str, TierTrace], steps: int | None = None) -> str:
         s = tr.stats
         T = len(s["write_mass"]) if steps is None else steps
         if name == PONDER:  # an ACTController: its write mass is the internal steps taken
-            lines.append(f"{name} (ACT): internal steps per input {s['write_mass'][:T].mean():.3g}"
-                         f" (most {s['write_mass'][:T].max():.0f})")  # fmt: skip
+            lines.append(f"{name} ({tr.kind}): internal steps per input "
+                         f"{s['write_mass'][:T].mean():.3g} (most "
+                         f"{s['write_mass'][:T].max():.3g})")  # fmt: skip
             continue
         parts = [
             f"write mass/step {s['write_mass'][:T].mean():.3g}",
@@ -198,12 +199,14 @@ def draw(record: dict[str, TierTrace], title: str = "", steps: int | None = None
         ax_steps = axes[-3][0]
         T = len(ponder.stats["write_mass"]) if steps is None else steps
         ax_steps.plot(ponder.stats["write_mass"][:T], drawstyle="steps-mid")
-        ax_steps.set_title("ACT: internal steps pondered per input", fontsize=9)
+        kind = record[PONDER].kind
+        note = " (expected)" if kind == "PonderNet" else ""
+        ax_steps.set_title(f"{kind}: internal steps pondered per input{note}", fontsize=9)
         ax_steps.set_xlabel("step")
         axes[-3][1].axis("off")
     (ax_mass, ax_spill), (ax_used, ax_hits) = axes[-2], axes[-1]
     for tr in record.values():
-        if tr.kind in ("Register", "ACT"):  # one state rewritten whole; the ponder record
+        if tr.kind in ("Register", "ACT", "PonderNet"):  # a state rewritten whole; ponder
             continue
         s = tr.stats
         T = len(s["write_mass"]) if steps is None else steps

@@ -61,6 +61,33 @@ def masked_loss_sum(logits: Tensor, targets: Tensor, mask: Tensor, loss: str) ->
     return (per_step * mask).sum()
 
 
+def expected_loss_sum(
+    step_logits: Tensor, weights: Tensor, targets: Tensor, mask: Tensor, loss: str
+) -> Tensor:
+    """``masked_loss_sum`` in expectation over internal steps (PonderNet): each scored
+    position's loss is sum_n p^n loss(y^n).
+
+    Args:
+        step_logits: (B, T, M, O) every internal step's outputs.
+        weights: (B, T, M) their halting probabilities p^n (zero where not taken).
+        targets: (B, T, O) bits or (B, T) class indices.
+        mask: (B, T) boolean.
+        loss: "bits" or "tokens".
+
+    Returns:
+        A scalar: the p-weighted loss summed over scored steps (and bits).
+    """
+    M = step_logits.shape[2]
+    if loss == "bits":
+        expanded = targets.unsqueeze(2).expand(-1, -1, M, -1)
+        per_bit = F.binary_cross_entropy_with_logits(step_logits, expanded, reduction="none")
+        per_step = per_bit.sum(-1)  # (B, T, M)
+    else:
+        expanded = targets.unsqueeze(2).expand(-1, -1, M)
+        per_step = F.cross_entropy(step_logits.permute(0, 3, 1, 2), expanded, reduction="none")
+    return ((per_step * weights).sum(-1) * mask).sum()
+
+
 def _stage_metrics(loss: str, prefix: str) -> MetricCollection:
     if loss == "bits":
         metrics = {"bit_errors": BitErrorsPerSequence(), "exact_match": SequenceExactMatch()}
@@ -188,7 +215,12 @@ class TieredModule(TruncatedTraining, L.LightningModule):
     def _losses(self, out: Any, batch: SequenceBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Task loss sum, scored count and the per-tier penalty sums over real steps of one
         window (padding steps count for nothing)."""
-        total = masked_loss_sum(out.output, batch.targets, batch.mask, self.loss_kind)
+        ponder = getattr(out, "ponder", None)
+        if ponder is None:
+            total = masked_loss_sum(out.output, batch.targets, batch.mask, self.loss_kind)
+        else:  # PonderNet: the task loss in expectation over the halting step
+            total = expected_loss_sum(ponder.outputs, ponder.weights, batch.targets, batch.mask,
+                                      self.loss_kind)  # fmt: skip
         count = scored_count(out.output, batch.mask, self.loss_kind)
         steps = batch.steps.to(out.output.dtype)
         penalties = {name: (aux.penalty * steps).sum() for name, aux in out.aux.items()}

@@ -33,12 +33,15 @@ def run_settings(run_dir: Path) -> dict:
 
     configs = sorted((run_dir / "logs").glob("version_*/config.yaml"))
     if not configs:
-        return {"max_steps": None, "tau": None, "task": "", "size": None}
+        return {"halting": "", "max_steps": None, "tau": None, "beta": None, "prior": None,
+                "task": "", "size": None}  # fmt: skip
     config = yaml.safe_load(configs[-1].read_text())
-    controller = config["model"]["init_args"]["controller"]["init_args"]
-    data = config["data"]
+    controller = config["model"]["init_args"]["controller"]
+    options, data = controller["init_args"], config["data"]
     return {
-        "max_steps": controller.get("max_steps"), "tau": controller.get("time_penalty"),
+        "halting": "PonderNet" if controller["class_path"].endswith("PonderNetController")
+        else "ACT", "max_steps": options.get("max_steps"), "tau": options.get("time_penalty"),
+        "beta": options.get("beta"), "prior": options.get("prior"),
         "task": data["class_path"].rsplit(".", 1)[-1], "size": data["init_args"].get("size"),
     }  # fmt: skip
 
@@ -68,6 +71,8 @@ def read_runs(folder: Path) -> list[dict]:
 def _label(row: dict) -> str:
     if row["max_steps"] == 1:
         return "no pondering (max_steps 1)"
+    if row["halting"] == "PonderNet":
+        return f"PonderNet, beta {row['beta']:g}, prior {row['prior']:g}"
     return f"ACT, tau {row['tau']:g}"
 
 
@@ -81,10 +86,11 @@ def _cell(values: list[float], digits: int) -> str:
 
 
 def _order(rows: list[dict]) -> list[str]:
-    """Variants: no pondering first, then ACT by falling tau."""
+    """Variants: no pondering first, then ACT by falling tau, then PonderNet."""
     variants = {r["variant"]: r for r in rows}
     return sorted(variants, key=lambda v: (variants[v]["max_steps"] != 1,
-                                           -(variants[v]["tau"] or 0.0)))  # fmt: skip
+                                           variants[v]["halting"] == "PonderNet",
+                                           -(variants[v]["tau"] or 0.0), v))  # fmt: skip
 
 
 def write(rows: list[dict], folder: Path, out: Path, name: str, paper: str) -> str:
@@ -102,8 +108,8 @@ def write(rows: list[dict], folder: Path, out: Path, name: str, paper: str) -> s
         f"Sweep folder `{folder}`, {', '.join(str(s) for s in steps)} training steps. At the "
         "last validation of each run: wrong bits per sequence (for parity of length 1, one bit "
         "per sequence, so the error rate; chance 0.5), the share of sequences wholly right, and "
-        "the internal steps per input (`val/ponder_steps`). Mean +- standard deviation over "
-        "seeds.",
+        "the internal steps per input (`val/ponder_steps`; for PonderNet the expected halting "
+        "step). Mean +- standard deviation over seeds.",
         "",
         f"Paper: {paper}.",
         "",
@@ -132,7 +138,8 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
 
     variants = _order(rows)
     labels = [_label(next(r for r in rows if r["variant"] == v)) for v in variants]
-    labels = [label.replace(" (max_steps 1)", "").replace("ACT, ", "") for label in labels]
+    labels = [label.replace(" (max_steps 1)", "").replace("ACT, ", "").replace(", prior", "\nprior")
+              for label in labels]  # fmt: skip
     figure, errors = plt.subplots(figsize=(5.5, 3.5))
     ponder = errors.twinx()
     for index, variant in enumerate(variants):
@@ -150,11 +157,21 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-PAPER = (
-    "Graves 2016 reports that without ACT an LSTM stays near chance on parity and that ACT "
-    "solves it (and helps on addition); its figures have not been checked against its text "
-    "here, so they are not quoted"
-)
+PAPERS = {
+    "Parity": (
+        "Graves 2016, section 3.1 (64 entries; a simple RNN of 128 tanh units, batches of 128, "
+        "Adam at 1e-4, 1M iterations on each of 16 threads, at most 100 internal steps): "
+        'without ACT the network was unable to reliably solve the problem, "with a mean of '
+        "almost 40% error compared to 50% for random guessing. For penalties of 0.03 and below "
+        'the mean error was below 5%."'
+    ),
+    "Addition": (
+        "Graves 2016, section 3.3 (an LSTM of 512 cells, batches of 32, at most 20 internal "
+        'steps, 1M iterations on each of 16 threads): "the task was perfectly solved by the '
+        'ACT networks for all values of tau in the grid search"; the error without ACT is '
+        "shown only in a figure"
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no finished run in {args.sweep}", file=sys.stderr)
         return 2
-    print(write(rows, args.sweep, args.out, args.name or args.sweep.name, PAPER))
+    paper = "; ".join(PAPERS.get(task, f"no figure for {task}")
+                      for task in sorted({r["task"] for r in rows}))  # fmt: skip
+    print(write(rows, args.sweep, args.out, args.name or args.sweep.name, paper))
     return 0
 
 

@@ -43,19 +43,22 @@ def test_the_report_reads_error_ponder_steps_and_tau_of_each_run(tmp_path, monke
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     script = _load("act_report")
     sweep = tmp_path / "act_parity"
-    for variant in ("no_ponder", "tau_1e-2"):
+    for variant in ("no_ponder", "tau_1e-2", "pondernet"):
         for seed in (0, 1):
             _run(sweep / f"config={variant},seed={seed}", variant)
     out = tmp_path / "out"
     assert script.main([str(sweep), "--out", str(out)]) == 0
     with open(out / "act_parity.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 4 and {r["task"] for r in rows} == {"Parity"}
+    assert len(rows) == 6 and {r["task"] for r in rows} == {"Parity"}
     plain = [r for r in rows if r["variant"] == "no_ponder"]
     pondering = [r for r in rows if r["variant"] == "tau_1e-2"]
     assert all(r["max_steps"] == "1" and float(r["ponder_steps"]) == 1.0 for r in plain)
     assert all(float(r["tau"]) == 1e-2 and r["max_steps"] == "10" for r in pondering)
     assert all(1.0 <= float(r["ponder_steps"]) <= 10.0 for r in pondering)
+    ponder_net = [r for r in rows if r["variant"] == "pondernet"]
+    assert all(r["halting"] == "PonderNet" and float(r["beta"]) == 0.01 for r in ponder_net)
+    assert all(1.0 <= float(r["ponder_steps"]) <= 10.0 for r in ponder_net)
     for row in rows:  # one bit per sequence: the error rate and the exact match add up to 1
         assert float(row["bit_errors"]) + float(row["exact_match"]) == pytest.approx(1.0)
         assert row["step"] == "4" and float(row["wall_s"]) == 2.0
@@ -64,5 +67,6 @@ def test_the_report_reads_error_ponder_steps_and_tau_of_each_run(tmp_path, monke
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert lines[1].startswith("| no pondering (max_steps 1) |")  # ordered: then by tau
     assert lines[2].startswith("| ACT, tau 0.01 |") and lines[2].endswith("| 2 |")
+    assert lines[3].startswith("| PonderNet, beta 0.01, prior 0.2 |")
     assert (out / "act_parity.png").stat().st_size > 0
     assert script.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
