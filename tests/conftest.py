@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +29,21 @@ def _kernel_cache(tmp_path_factory):
     yield
     link_kernels._cache_dir = original
     link_kernels._library.cache_clear()
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """A loader of the scripts in experiments/benchmarks by name, with their folder on
+    ``sys.path`` as when they run (they import ``machine.py`` beside them)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def random_simplex(*shape: int, total: float = 0.9, dtype: torch.dtype = torch.float64):

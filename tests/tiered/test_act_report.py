@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from tiered.sweeps.runner import write_status
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks"
 EXPERIMENTS = BENCHMARKS.parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(run: Path, variant: str) -> None:
@@ -39,9 +31,8 @@ def _run(run: Path, variant: str) -> None:
     write_status(run, {"state": "finished", "started": 1.0, "finished": 3.0})
 
 
-def test_the_report_reads_error_ponder_steps_and_tau_of_each_run(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    script = _load("act_report")
+def test_the_report_reads_error_ponder_steps_and_tau_of_each_run(tmp_path, benchmark_script):
+    script = benchmark_script("act_report")
     sweep = tmp_path / "act_parity"
     for variant in ("no_ponder", "tau_1e-2", "pondernet"):
         for seed in (0, 1):

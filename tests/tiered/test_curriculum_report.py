@@ -4,7 +4,6 @@ variants (issue 18's evidence)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
 
@@ -13,13 +12,6 @@ from tiered.sweeps.runner import write_status
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks"
 EXPERIMENTS = BENCHMARKS.parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(run: Path, variant: str, *extra: str) -> None:
@@ -38,9 +30,8 @@ def _run(run: Path, variant: str, *extra: str) -> None:
     write_status(run, {"state": "finished", "started": 10.0, "finished": 14.0})
 
 
-def test_the_report_reads_each_curriculum_and_its_probe(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    script = _load("curriculum_report")
+def test_the_report_reads_each_curriculum_and_its_probe(tmp_path, benchmark_script):
+    script = benchmark_script("curriculum_report")
     sweep = tmp_path / "curriculum_copy"
     for variant in ("copy_uniform", "copy_threshold", "copy_bandit", "copy_bandit_gradient"):
         _run(sweep / f"config={variant},seed=0", variant)
@@ -62,8 +53,8 @@ def test_the_report_reads_each_curriculum_and_its_probe(tmp_path, monkeypatch):
     assert script.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
 
-def test_steps_to_the_bar_count_runs_that_missed_it_as_infinite():
-    script = _load("curriculum_report")
+def test_steps_to_the_bar_count_runs_that_missed_it_as_infinite(benchmark_script):
+    script = benchmark_script("curriculum_report")
     rows = [{"reached": 300, "last_step": 300}, {"reached": None, "last_step": 1500},
             {"reached": 500, "last_step": 500}]  # fmt: skip
     assert script._steps_cell(rows) == "500 (300-> 1500); 1 of 3 not reached"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from tiered.sweeps.runner import write_status
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks"
 EXPERIMENTS = BENCHMARKS.parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tiny_run(run: Path, task: str = "copy_ntm.yaml") -> None:
@@ -42,14 +34,13 @@ def _tiny_run(run: Path, task: str = "copy_ntm.yaml") -> None:
     write_status(run, {"state": "finished"})
 
 
-def test_copy_is_scored_at_each_length_from_a_sweeps_finished_runs(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports machine.py
+def test_copy_is_scored_at_each_length_from_a_sweeps_finished_runs(tmp_path, benchmark_script):
     sweep = tmp_path / "sweep"
     _tiny_run(sweep / "config=dnc,seed=0")
     _tiny_run(sweep / "config=dnc,seed=1")
     (sweep / "config=dnc_fixed,seed=0").mkdir(parents=True)
     write_status(sweep / "config=dnc_fixed,seed=0", {"state": "running"})  # not counted
-    script = _load("reproduce")
+    script = benchmark_script("reproduce")
     out = tmp_path / "out"
     assert script.main(["copy", str(sweep), "--sequences", "3", "--out", str(out)]) == 0
     with open(out / "copy.csv") as handle:
@@ -67,11 +58,12 @@ def test_copy_is_scored_at_each_length_from_a_sweeps_finished_runs(tmp_path, mon
     assert script.main(["copy", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
 
-def test_graph_tasks_keep_the_trained_sizes_and_score_answers_and_queries(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
+def test_graph_tasks_keep_the_trained_sizes_and_score_answers_and_queries(
+    tmp_path, benchmark_script
+):
     sweep = tmp_path / "sweep"
     _tiny_run(sweep / "config=dnc,seed=0", task="traversal.yaml")
-    script = _load("reproduce")
+    script = benchmark_script("reproduce")
     out = tmp_path / "out"
     assert script.main(["traversal", str(sweep), "--sequences", "4", "--out", str(out)]) == 0
     with open(out / "traversal.csv") as handle:
@@ -87,8 +79,8 @@ def test_graph_tasks_keep_the_trained_sizes_and_score_answers_and_queries(tmp_pa
         script.build_task(EXPERIMENTS / "tasks" / "traversal.yaml", {"eval_lengths": (3, 3)}, 4)
 
 
-def test_every_reproduction_names_a_shipped_task_file_and_a_sweep():
-    script = _load("reproduce")
+def test_every_reproduction_names_a_shipped_task_file_and_a_sweep(benchmark_script):
+    script = benchmark_script("reproduce")
     for name, spec in script.REPRODUCTIONS.items():
         assert (EXPERIMENTS / "tasks" / spec.task_file).is_file()
         assert (EXPERIMENTS / "sweeps" / f"repro_{name}.yaml").is_file()
@@ -107,8 +99,7 @@ BABI_TEST = """1 Mary went to the kitchen.
 """
 
 
-def test_babi_is_scored_per_task_beside_the_published_lstm(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
+def test_babi_is_scored_per_task_beside_the_published_lstm(tmp_path, benchmark_script):
     data = tmp_path / "data" / "en"
     data.mkdir(parents=True)
     for task in (1, 4):  # two tasks, the same small story files
@@ -127,7 +118,7 @@ def test_babi_is_scored_per_task_beside_the_published_lstm(tmp_path, monkeypatch
         "--trainer.callbacks.save_last", "true",
     ])  # fmt: skip
     write_status(run, {"state": "finished"})
-    script = _load("reproduce_babi")
+    script = benchmark_script("reproduce_babi")
     out = tmp_path / "out"
     argv = [str(tmp_path / "sweep"), "--data", str(data.parent), "--out", str(out)]
     assert script.main(argv) == 0

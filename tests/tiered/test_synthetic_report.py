@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 from tiered.cli import make_cli
@@ -11,13 +10,6 @@ from tiered.sweeps.runner import write_status
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks"
 EXPERIMENTS = BENCHMARKS.parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(run: Path, variant: str) -> None:
@@ -39,9 +31,8 @@ def _run(run: Path, variant: str) -> None:
                        "args": ["--config", task]})  # fmt: skip
 
 
-def test_the_report_reads_the_curriculum_and_the_cosine_of_each_run(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    script = _load("synthetic_report")
+def test_the_report_reads_the_curriculum_and_the_cosine_of_each_run(tmp_path, benchmark_script):
+    script = benchmark_script("synthetic_report")
     sweep = tmp_path / "sweep"
     _run(sweep / "config=synthetic_2,seed=0", "synthetic_2")
     _run(sweep / "config=full,seed=0", "full")
@@ -65,8 +56,8 @@ def test_the_report_reads_the_curriculum_and_the_cosine_of_each_run(tmp_path, mo
     assert script.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
 
-def test_solved_length_is_the_last_range_passed():
-    script = _load("synthetic_report")
+def test_solved_length_is_the_last_range_passed(benchmark_script):
+    script = benchmark_script("synthetic_report")
     assert script.solved_length([]) == 0
     assert script.solved_length([2, 2, 2]) == 0  # never passed the first range
     assert script.solved_length([2, 3, 3, 4, 5, 5]) == 4  # 5 is being learnt
