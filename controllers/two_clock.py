@@ -50,12 +50,28 @@ class TwoClockState(NamedTuple):
     served: Tensor
 
 
+class LossSum:
+    """Losses added up until popped, in constant memory (a training loop that never pops,
+    outside ``TieredModule``, keeps one running sum, not a list that grows)."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+
+    def append(self, value: Tensor) -> None:
+        self.total = value if self.total is None else self.total + value
+
+    def pop(self) -> Tensor | None:
+        """The sum since the last pop (None if nothing was added), and start again."""
+        total, self.total = self.total, None
+        return total
+
+
 class _Boundary(torch.autograd.Function):
     """Identity forward; backward sends the prediction to the slow side and, to M, the
     gradient of 1/2 ||prediction - true gradient||^2 (so M learns by the same backward)."""
 
     @staticmethod
-    def forward(ctx: Any, value: Tensor, prediction: Tensor, losses: list) -> Tensor:
+    def forward(ctx: Any, value: Tensor, prediction: Tensor, losses: LossSum) -> Tensor:
         ctx.save_for_backward(prediction)
         ctx.losses = losses
         return value.clone()
@@ -129,7 +145,7 @@ class TwoClockController(Controller):
         self.decoupled = check_bool(owner, "decoupled", decoupled)
         hidden = check_non_negative_int(owner, "synthetic_hidden", synthetic_hidden)
         self.synthetic = SyntheticGradient(slow.hidden_size, hidden) if self.decoupled else None
-        self.synthetic_losses: list[Tensor] = []  # M's losses, added by each backward pass
+        self.synthetic_losses = LossSum()  # M's losses, added by each backward pass
 
     @property
     def tier_names(self) -> list[str]:
@@ -172,8 +188,4 @@ class TwoClockController(Controller):
 
     def pop_synthetic_loss(self) -> Tensor | None:
         """M's summed regression loss over the backward passes since the last call, or None."""
-        if not self.synthetic_losses:
-            return None
-        total = torch.stack(self.synthetic_losses).sum()
-        self.synthetic_losses.clear()
-        return total
+        return self.synthetic_losses.pop()

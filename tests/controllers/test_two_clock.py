@@ -127,3 +127,17 @@ def test_the_cli_builds_it_from_yaml(tmp_path):
     controller = cli.model.controller
     assert isinstance(controller, TwoClockController)
     assert controller.input_size == cli.datamodule.input_size and controller.slow.period == 4
+
+
+def test_m_s_losses_add_up_over_backward_passes_in_constant_memory():
+    controller = _controller()
+    torch.nn.init.normal_(controller.synthetic.net[-1].weight, std=0.3)
+    x = torch.randn(2, 6, 5, dtype=torch.float64)
+    each = []
+    for _ in range(3):  # three backward passes, never popped in between
+        controller(x).output.sum().backward()
+        each.append(controller.synthetic_losses.total.clone())
+    total = controller.synthetic_losses.total
+    assert total.dim() == 0  # one running sum, whatever the number of passes
+    torch.testing.assert_close(controller.pop_synthetic_loss(), each[0] * 3)  # same x each time
+    assert controller.pop_synthetic_loss() is None
