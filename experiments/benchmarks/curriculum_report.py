@@ -112,8 +112,8 @@ def write(rows: list[dict], folder: Path, out: Path, name: str, describe: str, b
         "as infinite. Each step is one batch of 32 sequences. Wall time includes the "
         "validations and probes, and for the bandit the two extra forward passes per batch of "
         "its prediction-gain reward; the runs shared a 2-core machine two at a time, so wall "
-        "times are noisy. Bandit: the share of batches drawn at each of its levels (easiest "
-        "first).",
+        "times are noisy. Bandit: the share of the logged batches (one in `log_every_n_steps`, "
+        "25) drawn at each of its levels, easiest first, one group per seed.",
         "",
         f"Paper: {PAPER}.",
         "",
