@@ -75,7 +75,7 @@ def read_runs(folder: Path, field: str = "lengths") -> list[dict]:
 
 
 def _steps_cell(rows: list[dict]) -> str:
-    """Median (min-max) steps to the bar; runs that did not reach it count as infinite."""
+    """Median (min to max) steps to the bar; runs that did not reach it count as infinite."""
     values = [math.inf if r["reached"] is None else r["reached"] for r in rows]
     limit = max(r["last_step"] for r in rows)
 
@@ -85,7 +85,7 @@ def _steps_cell(rows: list[dict]) -> str:
     median = statistics.median(values)
     missed = sum(math.isinf(v) for v in values)
     note = f"; {missed} of {len(values)} not reached" if missed else ""
-    return f"{show(median)} ({show(min(values))}-{show(max(values))}){note}"
+    return f"{show(median)} ({show(min(values))} to {show(max(values))}){note}"
 
 
 def _cell(values: list[float], digits: int = 1) -> str:
@@ -108,8 +108,9 @@ def write(rows: list[dict], folder: Path, out: Path, name: str, describe: str, b
         "",
         f"Sweep folder `{folder}`. Steps to the bar: the global step of the first probe "
         f"({bar}) that passed it; a probe follows each validation (every 50 steps); the run "
-        "stops there. Median (min-max) over seeds; a run that did not reach the bar counts "
-        "as infinite. Each step is one batch of 32 sequences. Wall time includes the "
+        "stops there. Median (min to max) of the steps, (min-max) of the rest, over seeds; a "
+        "run that did not reach the bar counts as infinite. Each step is one batch of 32 "
+        "sequences. Wall time includes the "
         "validations and probes, and for the bandit the two extra forward passes per batch of "
         "its prediction-gain reward; the runs shared a 2-core machine two at a time, so wall "
         "times are noisy. Bandit: the share of the logged batches (one in `log_every_n_steps`, "

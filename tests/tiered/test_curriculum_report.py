@@ -48,7 +48,7 @@ def test_the_report_reads_each_curriculum_and_its_probe(tmp_path, benchmark_scri
     assert math.isclose(sum(shares), 1.0, abs_tol=0.02) and rows["uniform"]["arm_shares"] == ""
     text = (out / "curriculum_copy.md").read_text()
     assert "# Curricula: steps to learn copy to length 20" in text
-    assert "| uniform | > 6 (> 6-> 6); 1 of 1 not reached |" in text
+    assert "| uniform | > 6 (> 6 to > 6); 1 of 1 not reached |" in text
     assert (out / "curriculum_copy.png").stat().st_size > 0
     assert script.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
@@ -57,9 +57,9 @@ def test_steps_to_the_bar_count_runs_that_missed_it_as_infinite(benchmark_script
     script = benchmark_script("curriculum_report")
     rows = [{"reached": 300, "last_step": 300}, {"reached": None, "last_step": 1500},
             {"reached": 500, "last_step": 500}]  # fmt: skip
-    assert script._steps_cell(rows) == "500 (300-> 1500); 1 of 3 not reached"
+    assert script._steps_cell(rows) == "500 (300 to > 1500); 1 of 3 not reached"
     rows[1]["reached"] = 200
-    assert script._steps_cell(rows) == "300 (200-500)"
+    assert script._steps_cell(rows) == "300 (200 to 500)"
     assert script.curriculum_of("config=repeat_copy_bandit") == "bandit, prediction gain"
     assert script.curriculum_of("config=copy_bandit_gradient") == "bandit, gradient gain"
     assert script.curriculum_of("config=copy_uniform") == "uniform"
