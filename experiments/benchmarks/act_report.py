@@ -5,7 +5,8 @@ Each run's last validation gives the wrong bits per sequence (for parity, one bi
 sequence: the error rate), the share of sequences wholly right and ``val/ponder_steps``, the
 internal steps per input (1 without pondering). The variant's ponder cost tau is read from
 the config Lightning saved beside the run's metrics. Writes ``<name>.md``, ``.csv`` and
-``.png`` under experiments/results/ (name: the sweep folder's).
+``.png`` under experiments/results/ (name: the first sweep folder's). Several folders are
+tabled together (a variant run later in a sweep of its own).
 
     python experiments/benchmarks/act_report.py experiments/results/sweeps/act_parity
 """
@@ -93,7 +94,7 @@ def _order(rows: list[dict]) -> list[str]:
                                            -(variants[v]["tau"] or 0.0), v))  # fmt: skip
 
 
-def write(rows: list[dict], folder: Path, out: Path, name: str, paper: str) -> str:
+def write(rows: list[dict], folders: str, out: Path, name: str, paper: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -105,7 +106,7 @@ def write(rows: list[dict], folder: Path, out: Path, name: str, paper: str) -> s
     lines = [
         f"# Adaptive Computation Time: {', '.join(tasks)}",
         "",
-        f"Sweep folder `{folder}`, {', '.join(str(s) for s in steps)} training steps. At the "
+        f"Sweep folders {folders}, {', '.join(str(s) for s in steps)} training steps. At the "
         "last validation of each run: wrong bits per sequence (for parity of length 1, one bit "
         "per sequence, so the error rate; chance 0.5), the share of sequences wholly right, and "
         "the internal steps per input (`val/ponder_steps`; for PonderNet the expected halting "
@@ -176,17 +177,19 @@ PAPERS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path, help="the sweep folder of an act_*.yaml")
+    parser.add_argument("sweep", type=Path, nargs="+",
+                        help="sweep folders of act_*.yaml, tabled together")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default=None, help="the files' name (the folder's)")
+    parser.add_argument("--name", default=None, help="the files' name (the first folder's)")
     args = parser.parse_args(argv)
-    rows = read_runs(args.sweep) if args.sweep.is_dir() else []
+    rows = [row for folder in args.sweep if folder.is_dir() for row in read_runs(folder)]
     if not rows:
-        print(f"no finished run in {args.sweep}", file=sys.stderr)
+        print(f"no finished run in {', '.join(map(str, args.sweep))}", file=sys.stderr)
         return 2
     paper = "; ".join(PAPERS.get(task, f"no figure for {task}")
                       for task in sorted({r["task"] for r in rows}))  # fmt: skip
-    print(write(rows, args.sweep, args.out, args.name or args.sweep.name, paper))
+    folders = ", ".join(f"`{folder}`" for folder in args.sweep)
+    print(write(rows, folders, args.out, args.name or args.sweep[0].name, paper))
     return 0
 
 

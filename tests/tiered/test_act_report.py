@@ -34,11 +34,13 @@ def _run(run: Path, variant: str) -> None:
 def test_the_report_reads_error_ponder_steps_and_tau_of_each_run(tmp_path, benchmark_script):
     script = benchmark_script("act_report")
     sweep = tmp_path / "act_parity"
+    later = tmp_path / "act_parity_pondernet"  # a variant swept on its own, tabled beside
     for variant in ("no_ponder", "tau_1e-2", "pondernet"):
         for seed in (0, 1):
-            _run(sweep / f"config={variant},seed={seed}", variant)
+            folder = later if variant == "pondernet" else sweep
+            _run(folder / f"config={variant},seed={seed}", variant)
     out = tmp_path / "out"
-    assert script.main([str(sweep), "--out", str(out)]) == 0
+    assert script.main([str(sweep), str(later), "--out", str(out)]) == 0
     with open(out / "act_parity.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 6 and {r["task"] for r in rows} == {"Parity"}
@@ -59,5 +61,6 @@ def test_the_report_reads_error_ponder_steps_and_tau_of_each_run(tmp_path, bench
     assert lines[1].startswith("| no pondering (max_steps 1) |")  # ordered: then by tau
     assert lines[2].startswith("| ACT, tau 0.01 |") and lines[2].endswith("| 2 |")
     assert lines[3].startswith("| PonderNet, beta 0.01, prior 0.2 |")
+    assert "`" + str(later) + "`" in text  # both folders named
     assert (out / "act_parity.png").stat().st_size > 0
     assert script.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
