@@ -139,8 +139,9 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
 
     variants = _order(rows)
     labels = [_label(next(r for r in rows if r["variant"] == v)) for v in variants]
-    labels = [label.replace(" (max_steps 1)", "").replace("ACT, ", "").replace(", prior", "\nprior")
-              for label in labels]  # fmt: skip
+    short = {" (max_steps 1)": "", "ACT, ": "", ", prior": "\nprior", "PonderNet, ": "PonderNet\n"}
+    for old, new in short.items():
+        labels = [label.replace(old, new) for label in labels]
     figure, errors = plt.subplots(figsize=(5.5, 3.5))
     ponder = errors.twinx()
     for index, variant in enumerate(variants):
