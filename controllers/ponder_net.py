@@ -48,7 +48,9 @@ class PonderSteps(NamedTuple):
     """Every internal step's output and halting probability over a sequence.
 
     Attributes:
-        outputs: (B, T, M, O) y^n of each input (zeros after a sequence's N).
+        outputs: (B, T, M, O) y^n of each input. After a sequence's N they are those of its
+            frozen state (while others of the batch ponder on) or zeros (padding past the
+            batch's longest); their weights there are zero.
         weights: (B, T, M) p^n of each input (zero after N; each row sums to one).
     """
 

@@ -11,6 +11,7 @@ continues its curriculum where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, ClassVar
 
@@ -482,8 +483,9 @@ class LevelProbe(Callback):
             raise ValueError(f"LevelProbe: metric='bit_errors' needs a bit task; {name} scores "
                              "tokens: use 'token_accuracy'")  # fmt: skip
 
-    def score(self, task: Any, pl_module: Any) -> dict[str, float]:
-        """The probe's metrics for the model now (the task's range is set back after)."""
+    def score(self, task: Any, pl_module: Any, precision: Any = None) -> dict[str, float]:
+        """The probe's metrics for the model now (the task's range is set back after);
+        ``precision``: the Trainer's precision plugin, so the model runs as in validation."""
         from tiered.metrics import bit_errors, sequence_correct, token_hits
         from tiered.tier import Tier
 
@@ -498,11 +500,14 @@ class LevelProbe(Callback):
         pl_module.eval()
         errors, correct, hits, scored, sequences = 0.0, 0, 0, 0, 0
         try:
-            with torch.no_grad():
+            context = contextlib.nullcontext() if precision is None else precision.forward_context()
+            with torch.no_grad(), context:
                 for index in range(self.batches):
                     batch = task.make_batch("val", index)
                     batch = type(batch)(*(t.to(pl_module.device) for t in batch))
-                    logits = pl_module.controller(batch.inputs).output
+                    inputs = batch.inputs if precision is None else precision.convert_input(
+                        batch.inputs)  # fmt: skip
+                    logits = pl_module.controller(inputs).output.float()
                     if task.loss == "bits":
                         errors += float(bit_errors(logits, batch.targets, batch.mask).sum())
                     else:
@@ -525,7 +530,7 @@ class LevelProbe(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        values = self.score(trainer.datamodule, pl_module)
+        values = self.score(trainer.datamodule, pl_module, trainer.precision_plugin)
         logged = {f"probe/{name}": value for name, value in values.items()}
         value = values[self.metric]
         if self.bar is not None and self.reached is None:

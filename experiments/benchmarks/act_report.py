@@ -100,6 +100,8 @@ def write(rows: list[dict], folders: str, out: Path, name: str, paper: str) -> s
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    parity = " (parity: one bit per sequence, so the error rate; chance 0.5)"
+    parity = parity if any(r["task"] == "Parity" for r in rows) else ""
     tasks = sorted({f"{r['task']}" + (f" of {r['size']} entries" if r["size"] else "")
                     for r in rows})  # fmt: skip
     steps = sorted({r["step"] for r in rows})
@@ -107,10 +109,11 @@ def write(rows: list[dict], folders: str, out: Path, name: str, paper: str) -> s
         f"# Adaptive Computation Time: {', '.join(tasks)}",
         "",
         f"Sweep folders {folders}, {', '.join(str(s) for s in steps)} training steps. At the "
-        "last validation of each run: wrong bits per sequence (for parity of length 1, one bit "
-        "per sequence, so the error rate; chance 0.5), the share of sequences wholly right, and "
-        "the internal steps per input (`val/ponder_steps`; for PonderNet the expected halting "
-        "step). Mean +- standard deviation over seeds.",
+        f"last validation of each run: wrong bits per sequence{parity}"
+        + ", the share of sequences wholly right, and the internal steps per input "
+        "(`val/ponder_steps`: for ACT the steps taken, N(t); for PonderNet the expected halting "
+        "step, which can be fewer than the steps unrolled). Mean +- standard deviation over "
+        "seeds.",
         "",
         f"Paper: {paper}.",
         "",

@@ -45,12 +45,30 @@ def curriculum_of(variant: str) -> str:
     return name
 
 
-def arm_shares(run_dir: Path, field: str) -> list[float]:
-    """The share of the logged batches the bandit drew at each level (index order)."""
-    arms = [int(v) for _, v in metric_curve(run_dir, f"curriculum/{field}_arm")]
-    if not arms:
+def bandit_levels(run_dir: Path) -> list[list[int]]:
+    """The levels of the run's BanditCurriculum, from the config Lightning saved ([] if
+    none)."""
+    import yaml
+
+    configs = sorted((run_dir / "logs").glob("version_*/config.yaml"))
+    if not configs:
         return []
-    return [arms.count(arm) / len(arms) for arm in range(max(arms) + 1)]
+    callbacks = yaml.safe_load(configs[-1].read_text()).get("trainer", {}).get("callbacks")
+    for callback in callbacks or []:
+        if str(callback.get("class_path", "")).endswith("BanditCurriculum"):
+            return [list(level) for level in callback["init_args"]["levels"]]
+    return []
+
+
+def arm_shares(run_dir: Path, field: str) -> str:
+    """The share of the logged batches the bandit drew at each of its levels, as
+    ``low..high share`` for every level, easiest first ("" without a bandit)."""
+    levels = bandit_levels(run_dir)
+    arms = [int(v) for _, v in metric_curve(run_dir, f"curriculum/{field}_arm")]
+    if not levels or not arms:
+        return ""
+    return " ".join(f"{low}..{high} {arms.count(arm) / len(arms):.2f}"
+                    for arm, (low, high) in enumerate(levels))  # fmt: skip
 
 
 def read_runs(folder: Path, field: str = "lengths") -> list[dict]:
@@ -69,7 +87,7 @@ def read_runs(folder: Path, field: str = "lengths") -> list[dict]:
             "seed": int(seed), "reached": int(reached[0][1]) if reached else None,
             "last_step": last, "final_bit_errors": probe[-1][1] if probe else None,
             "probes": len(probe), "wall_s": round(status["finished"] - status["started"], 1),
-            "arm_shares": " ".join(f"{share:.2f}" for share in arm_shares(run_dir, field)),
+            "arm_shares": arm_shares(run_dir, field),
         })  # fmt: skip
     return rows
 

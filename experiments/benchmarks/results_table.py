@@ -112,10 +112,14 @@ def act_figure(name: str) -> str | None:
             label = f"PonderNet (beta {float(first['beta']):g}, prior {float(first['prior']):g})"
         else:
             label = f"ACT tau {float(first['tau']):g}"
+        mine = [r for r in mine if r["bit_errors"] and r["ponder_steps"]]  # logged ones
+        if not mine:
+            continue
         error = statistics.fmean(float(r["bit_errors"]) for r in mine)
         steps = statistics.fmean(float(r["ponder_steps"]) for r in mine)
         seeds = f"{len(mine)} seed{'s' if len(mine) > 1 else ''}"
-        parts.append(f"{label} {error:.3f} ({steps:.1f} steps, {seeds})")
+        kind = "expected halting step" if first["halting"] == "PonderNet" else "steps"
+        parts.append(f"{label} {error:.3f} ({steps:.1f} {kind}, {seeds})")
     return "; ".join(parts)
 
 

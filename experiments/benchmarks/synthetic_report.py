@@ -67,10 +67,13 @@ def run_settings(run_dir: Path, args: list[str]) -> dict:
 
     task = next((Path(a).stem for a in args if "/tasks/" in a and a.endswith(".yaml")), "")
     configs = sorted((run_dir / "logs").glob("version_*/config.yaml"))
-    model = yaml.safe_load(configs[-1].read_text())["model"]["init_args"] if configs else {}
+    config = yaml.safe_load(configs[-1].read_text()) if configs else {}
+    model = config.get("model", {}).get("init_args", {})
+    data = config.get("data", {}).get("init_args", {})
     on = bool(model.get("synthetic_gradients"))
     return {
         "task": task,
+        "batches": data.get("train_batches"),  # as trained, from the task file or the args
         "sg_lr": model.get("synthetic_lr") if on else None,
         "sg_scale": model.get("synthetic_scale") if on else None,
         "sg_hidden": model.get("synthetic_hidden") if on else None,
@@ -90,11 +93,9 @@ def read_runs(folder: Path) -> list[dict]:
         cosines = [v for _, v in metric_curve(run_dir, "train/sg/cosine")]
         late = cosines[len(cosines) // 2 :]
         args = list(status.get("args", []))
-        batches = (int(args[args.index("--data.init_args.train_batches") + 1])
-                   if "--data.init_args.train_batches" in args else 1500)  # fmt: skip
         rows.append({
             "variant": variant.removeprefix("config="), **run_settings(run_dir, args),
-            "kind": kind, "window": window, "seed": int(seed), "batches": batches,
+            "kind": kind, "window": window, "seed": int(seed),
             "solved": solved_length(highs, errors[-1] if errors else None),
             "cosine": statistics.fmean(late) if late else None,
             "wall_s": round(status["finished"] - status["started"], 1),
@@ -113,7 +114,8 @@ def _model(row: dict) -> str:
     if row["kind"] != "synthetic":
         return ""
     hidden = f"hidden {row['sg_hidden']}" if row["sg_hidden"] else "linear"
-    return f"{hidden}, lr {row['sg_lr']:g}, scale {row['sg_scale']:g}"
+    lr = "the module's lr" if row["sg_lr"] is None else f"lr {row['sg_lr']:g}"
+    return f"{hidden}, {lr}, scale {row['sg_scale']:g}"
 
 
 def write(rows: list[dict], folder: Path, out: Path, name: str = "synthetic_copy") -> str:

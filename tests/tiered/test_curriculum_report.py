@@ -44,8 +44,10 @@ def test_the_report_reads_each_curriculum_and_its_probe(tmp_path, benchmark_scri
     for row in rows.values():  # an untrained model of 5 units: far from the bar at length 20
         assert row["reached"] == "" and int(row["last_step"]) == 6 and row["probes"] == "3"
         assert float(row["final_bit_errors"]) > 1.0 and float(row["wall_s"]) == 4.0
-    shares = [float(s) for s in rows["bandit, gradient gain"]["arm_shares"].split()]
-    assert math.isclose(sum(shares), 1.0, abs_tol=0.02) and rows["uniform"]["arm_shares"] == ""
+    shares = rows["bandit, gradient gain"]["arm_shares"].split()  # "1..5 0.50 6..10 0.17 ..."
+    assert shares[::2] == ["1..5", "6..10", "11..15", "16..20"]  # every level, labelled
+    assert math.isclose(sum(map(float, shares[1::2])), 1.0, abs_tol=0.02)
+    assert rows["uniform"]["arm_shares"] == ""
     text = (out / "curriculum_copy.md").read_text()
     assert "# Curricula: steps to learn copy to length 20" in text
     assert "| uniform | > 6 (> 6 to > 6); 1 of 1 not reached |" in text

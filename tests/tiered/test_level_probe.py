@@ -162,3 +162,18 @@ def test_repeat_copy_keeps_its_count_encoding_when_a_curriculum_changes_the_repe
     counts = batch.inputs[:, 2, 4].numpy()  # the delimiter step (L = 2), count channel
     np.testing.assert_allclose(counts, 8 / 4)  # still divided by the constructed top, 4
     assert batch.inputs.shape[1] == 2 + 1 + 2 * 8 + 1
+
+
+def test_the_probe_runs_under_the_trainer_s_precision():
+    task = _copy()
+    module = _module(task)
+    probe = LevelProbe("lengths", [4, 4], batches=1, bar=1e9)  # passed at the first probe
+    trainer = L.Trainer(max_steps=2, val_check_interval=2, check_val_every_n_epoch=None,
+                        precision="bf16-true", callbacks=[probe], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, task)  # bf16 weights: float32 inputs would fail without the plugin
+    assert probe.reached == 2
+    assert next(module.parameters()).dtype == torch.bfloat16
+    values = probe.score(task, module, trainer.precision_plugin)
+    assert np.isfinite(values["bit_errors"]) and 0 <= values["exact_match"] <= 1

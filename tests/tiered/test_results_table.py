@@ -50,12 +50,12 @@ def test_figures_are_read_from_the_results_files(tmp_path, monkeypatch):
         "variant,halting,max_steps,tau,beta,prior,bit_errors,ponder_steps\n"
         "no_ponder,ACT,1,0.001,,,0.4,1.0\npondernet,PonderNet,10,,0.01,0.2,0.0,9.5\n"
         "pondernet,PonderNet,10,,0.01,0.2,0.1,9.7\ntau_1e-2,ACT,10,0.01,,,0.2,2.0\n"
-        "tau_1e-3,ACT,10,0.001,,,0.02,9.0\n"
+        "tau_1e-3,ACT,10,0.001,,,0.02,9.0\ntau_1e-3,ACT,10,0.001,,,,\n"  # one never logged
     )
     text = table.render()
     assert ("no pondering 0.400 (1.0 steps, 1 seed); ACT tau 0.01 0.200 (2.0 steps, 1 seed); "
             "ACT tau 0.001 0.020 (9.0 steps, 1 seed); PonderNet (beta 0.01, prior 0.2) 0.050 "
-            "(9.6 steps, 2 seeds)") in text  # fmt: skip
+            "(9.6 expected halting step, 2 seeds)") in text  # fmt: skip
     assert "dnc (3 seeds) L = 10: 1.0 (chance 40), L = 120: 20.0 (chance 480)" in text
     assert "dnc (3 seeds) small: 0.80 / 0.50" in text  # medians over seeds
     assert "dnc 10.0% (1 of 2 failed, 1 seed); lstm 25.5% (1 of 2 failed, 1 seed)" in text
