@@ -98,11 +98,11 @@ class RepeatCopy(SequenceTask):
     Args:
         bits: width of each vector (8 in the NTM paper).
         lengths: [low, high] sequence lengths for training and validation.
-        repeats: [low, high] repeat counts for training and validation.
+        repeats: [low, high] repeat counts for training and validation. The count is shown
+            divided by the top of this range as given here, whatever range is drawn later
+            (a curriculum that changes ``repeats`` keeps the scale).
         eval_lengths: [low, high] sequence lengths for test.
         eval_repeats: [low, high] repeat counts for test.
-            The count is shown divided by the top of ``repeats`` as given here, whatever
-            range is drawn later (a curriculum that changes ``repeats`` keeps the scale).
         **kwargs: batch_size, train_batches, val_batches, test_batches, seed and
             num_workers, as in ``SequenceTask``.
     """
