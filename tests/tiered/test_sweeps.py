@@ -156,9 +156,12 @@ def test_a_sweep_stopped_by_ctrl_c_resumes_unfinished_runs_from_their_checkpoint
     )
     out = tmp_path / "out"
     script = Path(sys.executable).parent / "tiered"
+    # Ctrl-C's SIGINT must reach Python's handler: a shell that started the tests in the
+    # background (``make test &``) leaves SIGINT ignored, and the sweep would inherit that.
     sweep = subprocess.Popen(
         [str(script), "sweep", "run", str(path), "--out", str(out), "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     checkpoint = out / "base,seed=3" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
