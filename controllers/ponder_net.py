@@ -38,7 +38,7 @@ from torch import Tensor
 
 from tiered.controllers.act import PONDER, ACTController, _pondered_stats, blend_states
 from tiered.controllers.lstm import ControllerState
-from tiered.controllers.sequence import ControllerOutput, _stack_stats
+from tiered.controllers.sequence import ControllerOutput, run_sequence
 from tiered.tier import Tier, TierStats
 from tiered.tiers.register import Register
 from tiered.validation import check_non_negative_float
@@ -134,9 +134,9 @@ class PonderNetController(ACTController):
             raise ValueError(f"{owner}: epsilon must be above 0 (the chance of not halting "
                              f"never reaches 0), got {epsilon}")  # fmt: skip
 
-    def ponder(self, x: Tensor, state: ControllerState) -> tuple:
+    def step_with_extra(self, x: Tensor, state: ControllerState) -> tuple:
         """Ponder one input x (B, I): (median output (B, O), next state, stats per tier and
-        "ponder", every step's output (B, M, O), halting weights (B, M))."""
+        "ponder", (every step's output (B, M, O), halting weights (B, M)))."""
         B = x.shape[0]
         active = torch.ones(B, dtype=torch.bool, device=x.device)
         log_left = x.new_zeros(B)  # log of the chance of not having halted yet
@@ -183,37 +183,22 @@ class PonderNetController(ACTController):
         pad = self.max_steps - taken
         steps = F.pad(steps, (0, 0, 0, pad))
         weights = F.pad(weights, (0, pad))
-        return output, next_state, stats, steps, weights
+        return output, next_state, stats, (steps, weights)
 
     def step(self, x: Tensor, state: ControllerState) -> tuple[Tensor, ControllerState, dict]:
         """Ponder one input x (B, I): the output at the median halting step (B, O), the next
         state, and per tier (and "ponder") this input's ``TierStats``."""
-        return self.ponder(x, state)[:3]
+        return self.step_with_extra(x, state)[:3]
 
     def forward(self, x: Tensor, state: ControllerState | None = None) -> ControllerOutput:
         """Run over a sequence: ``x`` (B, T, I) -> ``ControllerOutput`` with ``ponder`` set
         (``PonderSteps``: every internal step's output and weight, for the expected loss);
         ``aux["ponder"]`` holds KL_t (``rewrite``), beta KL_t (``penalty``) and the expected
         halting step (``write_mass``)."""
-        if x.dim() != 3 or x.shape[-1] != self.input_size or x.shape[1] < 1:
-            raise ValueError(
-                f"PonderNetController: x must have shape (batch, time >= 1, "
-                f"{self.input_size}), got {tuple(x.shape)}"
-            )
-        if state is None:
-            state = self.initial_state(x.shape[0], x.device, x.dtype)
-        outputs, steps, weights = [], [], []
-        records: dict[str, list[TierStats]] = {name: [] for name in self.tier_names}
-        for t in range(x.shape[1]):
-            output, state, stats, every, p = self.ponder(x[:, t], state)
-            outputs.append(output)
-            steps.append(every)
-            weights.append(p)
-            for name, tier_stats in stats.items():
-                records[name].append(tier_stats)
         penalties = {self.core.register.name: self.core.register.rewrite_penalty,
                      PONDER: self.beta}  # fmt: skip
         penalties.update({tier.name: tier.rewrite_penalty for tier in self.core.tiers})
-        aux = {name: _stack_stats(records[name], penalties[name]) for name in self.tier_names}
-        ponder = PonderSteps(torch.stack(steps, 1), torch.stack(weights, 1))
-        return ControllerOutput(torch.stack(outputs, 1), state, aux, ponder)
+        extras: list[tuple[Tensor, Tensor]] = []
+        out = run_sequence(self, x, state, penalties, extras)
+        steps, weights = zip(*extras, strict=True)
+        return out._replace(ponder=PonderSteps(torch.stack(steps, 1), torch.stack(weights, 1)))

@@ -64,13 +64,18 @@ class ControllerOutput(NamedTuple):
 
 
 def run_sequence(
-    controller: Any, x: Tensor, state: Any, penalties: dict[str, float]
+    controller: Any,
+    x: Tensor,
+    state: Any,
+    penalties: dict[str, float],
+    extras: list | None = None,
 ) -> ControllerOutput:
     """Step ``controller`` over ``x`` (B, T, I) from ``state`` (None: fresh sequences).
 
     Every controller's ``forward``: its ``step`` at each time step, the outputs stacked to
     (B, T, O), and each record of ``tier_names`` stacked into a ``TierAux`` with the penalty
-    weight ``penalties[name]``.
+    weight ``penalties[name]``. With ``extras`` (a list), the step is the controller's
+    ``step_with_extra``, whose fourth item at each time step is appended to it.
     """
     owner = type(controller).__name__
     if x.dim() != 3 or x.shape[-1] != controller.input_size or x.shape[1] < 1:
@@ -83,7 +88,11 @@ def run_sequence(
     outputs: list[Tensor] = []
     records: dict[str, list[TierStats]] = {name: [] for name in controller.tier_names}
     for t in range(x.shape[1]):
-        output, state, stats = controller.step(x[:, t], state)
+        if extras is None:
+            output, state, stats = controller.step(x[:, t], state)
+        else:
+            output, state, stats, extra = controller.step_with_extra(x[:, t], state)
+            extras.append(extra)
         outputs.append(output)
         for name, tier_stats in stats.items():
             records[name].append(tier_stats)
